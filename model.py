@@ -1,0 +1,527 @@
+"""
+MoSE (ModularStarEncoder): a bidirectional, multi-exit StarCoder-2 encoder.
+
+Paper: "MoSE: Hierarchical Self-Distillation Enhances Early Layer Embeddings"
+(sections 2.2 and 3). The backbone is StarCoder-2 with the causal mask removed and
+full attention (no sliding window). Training losses are applied at several exit layers
+(4, 9, 18, 27, 36 for the 1B model) through heads shared by all exits and conditioned
+on a learned embedding of the exit. Parameter and module names of the backbone follow
+transformers' `Starcoder2Model`, so the released checkpoints load by stripping a prefix.
+
+Inputs are left-padded: the last position of every row is `<cls>`, whose hidden state
+is the pooled representation (paper Fig. 2; FlashAttention-2 friendly).
+"""
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field, fields
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+try:  # flash-attn is used when present and the tensors are on CUDA; never required
+    from flash_attn import flash_attn_varlen_func
+except ImportError:
+    flash_attn_varlen_func = None
+
+
+@dataclass
+class MoSEConfig:
+    vocab_size: int = 49156          # tokenizer size incl. added tokens; the tables are padded to a multiple of 64
+    n_layer: int = 36                # transformer blocks (the deepest exit must be the last block)
+    n_embd: int = 1024               # width
+    n_head: int = 16                 # query heads
+    n_kv_head: int = 4               # key/value heads (grouped-query attention, Ainslie et al. 2023)
+    intermediate_size: int = 12288   # MLP hidden width
+    rope_theta: float = 999999.4420358813  # RoPE base period, ~1e6 (paper 3)
+    max_seq_len: int = 2048          # longest input, <cls> included
+    norm_eps: float = 1e-5           # LayerNorm epsilon
+    bias: bool = True                # biases on q/k/v/o and both MLP linears (StarCoder-2 use_bias)
+    attn_dropout: float = 0.1        # dropout on attention probabilities
+    resid_dropout: float = 0.1       # dropout on each residual branch output
+    embd_dropout: float = 0.1        # dropout on the token embeddings
+    init_std: float = 0.018042       # std of the normal init (released initializer_range)
+    exit_layers: tuple = (4, 9, 18, 27, 36)  # layers where losses / embeddings are taken (paper 2.2)
+    conditional_size: int = 4        # width of the learned exit embedding concatenated before the heads
+    pad_id: int = 0                  # padding token id (StarCoder-2's <|endoftext|>); pad keys are masked out
+    final_norm: bool = True          # deepest exit passes through the final LayerNorm (False once truncated below it)
+    proj_heads: bool = False         # one retrieval projection head per exit (paper 4.1)
+    n_classes: int = 0               # >0: one classifier per exit on <cls> (clone detection, paper 4.2)
+
+    def __post_init__(self):
+        self.exit_layers = tuple(int(e) for e in self.exit_layers)
+        problems = []
+        if self.n_embd % self.n_head:
+            problems.append(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
+        if self.n_head % self.n_kv_head:
+            problems.append(f"n_head={self.n_head} is not divisible by n_kv_head={self.n_kv_head}")
+        if (self.n_embd // max(self.n_head, 1)) % 2:
+            problems.append("head size must be even for rotary embeddings")
+        if not self.exit_layers or list(self.exit_layers) != sorted(set(self.exit_layers)) or self.exit_layers[0] < 1:
+            problems.append(f"exit_layers={list(self.exit_layers)} must be strictly increasing layers >= 1")
+        elif self.exit_layers[-1] != self.n_layer:
+            problems.append(f"the deepest exit ({self.exit_layers[-1]}) must be the last layer (n_layer={self.n_layer})")
+        if problems:
+            raise ValueError("MoSEConfig: " + "; ".join(problems))
+
+    @property
+    def padded_vocab_size(self):
+        return -(-self.vocab_size // 64) * 64  # multiple of 64: faster matmuls, unused rows never indexed
+
+    @property
+    def head_dim(self):
+        return self.n_embd // self.n_head
+
+
+# -----------------------------------------------------------------------------
+# blocks
+
+class RotaryEmbedding(nn.Module):
+    """RoPE (Su et al. 2021) in the rotate-half layout of transformers' Starcoder2."""
+
+    def __init__(self, config):
+        super().__init__()
+        hd = config.head_dim
+        inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, hd, 2, dtype=torch.float32) / hd))
+        t = torch.arange(config.max_seq_len, dtype=torch.float32)
+        freqs = torch.outer(t, inv_freq)                     # (T, hd/2)
+        emb = torch.cat((freqs, freqs), dim=-1)              # (T, hd)
+        self.register_buffer('cos', emb.cos(), persistent=False)
+        self.register_buffer('sin', emb.sin(), persistent=False)
+
+    def forward(self, x, T):  # x: (B, nh, T, hd)
+        cos, sin = self.cos[:T].to(x.dtype), self.sin[:T].to(x.dtype)
+        x1, x2 = x.chunk(2, dim=-1)
+        return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+
+
+def attention(q, k, v, mask, dropout_p):
+    """Bidirectional grouped-query attention. q: (B, nh, T, hd); k, v: (B, nkv, T, hd);
+    mask: (B, T) bool, True at real tokens, or None when no row is padded."""
+    B, nh, T, hd = q.shape
+    if flash_attn_varlen_func is not None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
+        # variable-length kernel on the unpadded tokens: no compute is spent on padding
+        if mask is None:
+            mask = torch.ones(B, T, dtype=torch.bool, device=q.device)
+        lens = mask.sum(1, dtype=torch.int32)                                   # (B,)
+        cu = F.pad(lens.cumsum(0, dtype=torch.int32), (1, 0))                   # (B+1,)
+        idx = mask.flatten().nonzero().squeeze(1)                               # (N,)
+        unpad = lambda x: x.transpose(1, 2).reshape(B * T, x.size(1), hd)[idx]  # (N, heads, hd)
+        maxlen = int(lens.max())
+        y = flash_attn_varlen_func(unpad(q), unpad(k), unpad(v), cu, cu, maxlen, maxlen,
+                                   dropout_p=dropout_p, causal=False)          # (N, nh, hd)
+        out = q.new_zeros(B * T, nh, hd)
+        out[idx] = y
+        return out.view(B, T, nh, hd).transpose(1, 2)                           # (B, nh, T, hd)
+    attn_mask = None if mask is None else mask[:, None, None, :]               # (B, 1, 1, T): pad keys never attended
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p,
+                                          is_causal=False, enable_gqa=k.size(1) != nh)
+
+
+class Attention(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        C, hd = config.n_embd, config.head_dim
+        self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.n_kv_head, hd
+        self.q_proj = nn.Linear(C, config.n_head * hd, bias=config.bias)
+        self.k_proj = nn.Linear(C, config.n_kv_head * hd, bias=config.bias)
+        self.v_proj = nn.Linear(C, config.n_kv_head * hd, bias=config.bias)
+        self.o_proj = nn.Linear(config.n_head * hd, C, bias=config.bias)
+        self.attn_dropout, self.resid_dropout = config.attn_dropout, nn.Dropout(config.resid_dropout)
+
+    def forward(self, x, rope, mask):
+        B, T, C = x.shape
+        q = rope(self.q_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2), T)     # (B, nh, T, hd)
+        k = rope(self.k_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2), T)  # (B, nkv, T, hd)
+        v = self.v_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)           # (B, nkv, T, hd)
+        y = attention(q, k, v, mask, self.attn_dropout if self.training else 0.0)             # (B, nh, T, hd)
+        y = y.transpose(1, 2).reshape(B, T, C)                                                 # (B, T, C)
+        return self.resid_dropout(self.o_proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, config.intermediate_size, bias=config.bias)
+        self.c_proj = nn.Linear(config.intermediate_size, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.resid_dropout)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate='tanh')))
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm StarCoder-2 block, bidirectional."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.input_layernorm = nn.LayerNorm(config.n_embd, eps=config.norm_eps)
+        self.self_attn = Attention(config)
+        self.post_attention_layernorm = nn.LayerNorm(config.n_embd, eps=config.norm_eps)
+        self.mlp = MLP(config)
+
+    def forward(self, x, rope, mask):
+        x = x + self.self_attn(self.input_layernorm(x), rope, mask)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class MLMHead(nn.Module):
+    """BERT-style transform (dense, GELU, LayerNorm) then an untied decoder with bias.
+    Its input is [h, exit embedding] (width n_embd + conditional_size, paper 2.2)."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.dense = nn.Linear(config.n_embd + config.conditional_size, config.n_embd)
+        self.norm = nn.LayerNorm(config.n_embd, eps=config.norm_eps)
+        self.decoder = nn.Linear(config.n_embd, config.padded_vocab_size)
+
+    def forward(self, x):
+        return self.decoder(self.norm(F.gelu(self.dense(x), approximate='tanh')))
+
+
+class ProjectionHead(nn.Module):
+    """Retrieval head of one exit: two n_embd x n_embd linears (sizes of the released
+    fine-tuned heads; LeakyReLU as in the authors' earlier bigcode-encoder code)."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.fc1 = nn.Linear(config.n_embd, config.n_embd)
+        self.fc2 = nn.Linear(config.n_embd, config.n_embd)
+
+    def forward(self, x):
+        return self.fc2(F.leaky_relu(self.fc1(x)))
+
+
+class ClassifierHead(nn.Module):
+    """Classifier of one exit on <cls>: dense, tanh, linear, as the RoBERTa classification
+    head used by the CodeXGLUE BigCloneBench baselines."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.dense = nn.Linear(config.n_embd, config.n_embd)
+        self.dropout = nn.Dropout(config.resid_dropout)
+        self.out_proj = nn.Linear(config.n_embd, config.n_classes)
+
+    def forward(self, x):
+        return self.out_proj(self.dropout(torch.tanh(self.dense(self.dropout(x)))))
+
+
+# -----------------------------------------------------------------------------
+# the model
+
+class MoSE(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.embed_tokens = nn.Embedding(config.padded_vocab_size, config.n_embd)
+        self.embd_dropout = nn.Dropout(config.embd_dropout)
+        self.layers = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
+        self.norm = nn.LayerNorm(config.n_embd, eps=config.norm_eps) if config.final_norm else None
+        self.rope = RotaryEmbedding(config)
+        # pre-training heads, shared by all exits and conditioned on the exit (paper 2.2)
+        self.exit_embedding = nn.Embedding(len(config.exit_layers), config.conditional_size)
+        self.mlm_head = MLMHead(config)
+        self.icc_head = nn.Linear(config.n_embd + config.conditional_size, 2)
+        # fine-tuning heads, one per exit (paper 4.1, 4.2)
+        self.proj = nn.ModuleList([ProjectionHead(config) for _ in config.exit_layers]) if config.proj_heads else None
+        self.classifier = (nn.ModuleList([ClassifierHead(config) for _ in config.exit_layers])
+                           if config.n_classes else None)
+        self.init_weights()
+
+    def init_weights(self):
+        """The one init. Every Linear and Embedding weight ~ N(0, init_std), biases 0,
+        LayerNorms 1 and 0; then the residual output projections (o_proj, c_proj) get
+        std init_std / sqrt(2 * n_layer), so the residual stream's variance does not grow
+        with depth (GPT-2, Radford et al. 2019, section 2.3)."""
+        std = self.config.init_std
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(m.weight, mean=0.0, std=std)
+            if isinstance(m, nn.Linear) and m.bias is not None:
+                nn.init.zeros_(m.bias)
+            if isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        for block in self.layers:
+            for m in (block.self_attn.o_proj, block.mlp.c_proj):
+                nn.init.normal_(m.weight, mean=0.0, std=std / math.sqrt(2 * self.config.n_layer))
+
+    # --- forward -------------------------------------------------------------
+
+    def exit_index(self, exit):
+        if exit not in self.config.exit_layers:
+            raise ValueError(f"exit {exit!r} is not configured; valid exits: {list(self.config.exit_layers)}")
+        return self.config.exit_layers.index(exit)
+
+    def forward(self, idx, exits=None, mask=None):
+        """Hidden states at the requested exits, running no block past the deepest one.
+        idx: (B, T) token ids, left-padded; mask: (B, T) bool, True at real tokens
+        (default: idx != pad_id). Returns {exit: (B, T, C)}: the raw output of block k
+        for k below the last layer, the final LayerNorm of it at the last layer."""
+        exits = self.config.exit_layers if exits is None else sorted(set(exits))
+        for e in exits:
+            self.exit_index(e)
+        B, T = idx.shape
+        if T > self.config.max_seq_len:
+            raise ValueError(f"sequence length {T} exceeds max_seq_len={self.config.max_seq_len}")
+        if not torch.compiler.is_compiling() and idx.numel() and (idx.min() < 0 or idx.max() >= self.config.vocab_size):
+            bad = idx[(idx < 0) | (idx >= self.config.vocab_size)][0].item()
+            raise ValueError(f"token id {bad} is outside the vocabulary [0, {self.config.vocab_size})")
+        if mask is None:
+            mask = idx != self.config.pad_id
+        if not torch.compiler.is_compiling() and bool(mask.all()):
+            mask = None  # no padding: lets SDPA take its fastest kernels
+        x = self.embd_dropout(self.embed_tokens(idx))  # (B, T, C)
+        out = {}
+        for i, block in enumerate(self.layers[:exits[-1]], start=1):
+            x = block(x, self.rope, mask)
+            if i in exits:
+                last = i == self.config.n_layer and self.norm is not None
+                out[i] = self.norm(x) if last else x
+        return out
+
+    def _condition(self, h, exit):  # (..., C) -> (..., C + conditional_size)
+        cond = self.exit_embedding.weight[self.exit_index(exit)].to(h.dtype)
+        return torch.cat([h, cond.expand(*h.shape[:-1], -1)], dim=-1)
+
+    def mlm_logits(self, h, exit, positions):
+        """MLM logits at the masked positions only. h: (B, T, C); positions: (N,) flat
+        indices into B*T. Returns (N, padded_vocab)."""
+        h = h.reshape(-1, h.size(-1))[positions]  # (N, C): never the whole sequence
+        return self.mlm_head(self._condition(h, exit))
+
+    def icc_logits(self, h, exit):
+        """In-context classification logits on the final <cls>. h: (B, T, C) -> (B, 2)."""
+        return self.icc_head(self._condition(h[:, -1], exit))
+
+    def pretrain_loss(self, idx, mask, positions, targets, icc_labels, exits=None):
+        """Self-distillation loss (paper 2.2): sum over exits i of (i / n_layer) * (MLM_i + ICC_i).
+        positions: (N,) flat indices of the MLM-selected tokens, targets: (N,) their original ids,
+        icc_labels: (B,). Returns the total and per-exit detached statistics."""
+        hs = self(idx, exits, mask)
+        total, stats = 0.0, {}
+        for e, h in hs.items():
+            mlm = self.mlm_logits(h, e, positions)                  # (N, V)
+            icc = self.icc_logits(h, e)                             # (B, 2)
+            l_mlm = F.cross_entropy(mlm.float(), targets)
+            l_icc = F.cross_entropy(icc.float(), icc_labels)
+            total = total + (e / self.config.n_layer) * (l_mlm + l_icc)
+            stats[e] = torch.stack([l_mlm.detach(), l_icc.detach(),
+                                    (mlm.argmax(-1) == targets).float().mean(),
+                                    (icc.argmax(-1) == icc_labels).float().mean()])  # (4,)
+        return total, stats
+
+    def encode(self, idx, exits, mask=None):
+        """L2-normalised <cls> embeddings, through each exit's projection head when the
+        model has them. exits: an int (returns (B, C)) or a list (returns {exit: (B, C)});
+        a list costs one forward to its deepest exit."""
+        single = isinstance(exits, int)
+        hs = self(idx, [exits] if single else exits, mask)
+        out = {}
+        for e, h in hs.items():
+            z = h[:, -1]                                            # (B, C): the final <cls>
+            if self.proj is not None:
+                z = self.proj[self.exit_index(e)](z)
+            out[e] = F.normalize(z.float(), dim=-1)
+        return out[exits] if single else out
+
+    def classify(self, idx, exits=None, mask=None):
+        """Per-exit classifier logits on <cls>: {exit: (B, n_classes)}."""
+        if self.classifier is None:
+            raise ValueError("this model has no classifier heads (config.n_classes == 0)")
+        return {e: self.classifier[self.exit_index(e)](h[:, -1]) for e, h in self(idx, exits, mask).items()}
+
+    # --- sizes and cost ------------------------------------------------------
+
+    def num_params(self, exit=None, heads=False):
+        """Backbone parameters needed to run up to `exit` (default: all), i.e. the
+        embedding, the blocks and, at the last layer, the final norm; plus heads if asked."""
+        exit = self.config.n_layer if exit is None else exit
+        self.exit_index(exit)
+        n = self.embed_tokens.weight.numel() + sum(p.numel() for b in self.layers[:exit] for p in b.parameters())
+        if exit == self.config.n_layer and self.norm is not None:
+            n += sum(p.numel() for p in self.norm.parameters())
+        if heads:
+            n += sum(p.numel() for name, p in self.named_parameters()
+                     if name.split('.')[0] in ('exit_embedding', 'mlm_head', 'icc_head', 'proj', 'classifier'))
+        return n
+
+    def estimate_flops(self, seq_len, exit=None, mlm_tokens=0):
+        """Forward FLOPs of one sequence of `seq_len` tokens up to `exit` (a multiply-add
+        counts 2): the block matmuls, the attention scores and weighted sums, and, if
+        mlm_tokens > 0, the MLM head on that many tokens at every exit up to `exit`."""
+        cfg = self.config
+        exit = cfg.n_layer if exit is None else exit
+        self.exit_index(exit)
+        C, hd = cfg.n_embd, cfg.head_dim
+        per_layer = 2 * seq_len * (C * cfg.n_head * hd * 2 + C * cfg.n_kv_head * hd * 2  # q, o, k, v
+                                   + 2 * C * cfg.intermediate_size)                   # c_fc, c_proj
+        per_layer += 2 * 2 * seq_len * seq_len * cfg.n_head * hd                        # q @ k^T and att @ v
+        n_exits = sum(e <= exit for e in cfg.exit_layers)
+        head = 2 * mlm_tokens * ((C + cfg.conditional_size) * C + C * cfg.padded_vocab_size) * n_exits
+        return exit * per_layer + head
+
+    # --- optimiser -----------------------------------------------------------
+
+    def configure_optimizers(self, weight_decay, learning_rate, betas, eps, device_type):
+        """AdamW with weight decay on tensors of 2+ dimensions only (matmul weights and
+        embeddings); biases and LayerNorm parameters are not decayed."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        groups = [{'params': [p for p in params if p.dim() >= 2], 'weight_decay': weight_decay},
+                  {'params': [p for p in params if p.dim() < 2], 'weight_decay': 0.0}]
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, eps=eps, fused=device_type == 'cuda')
+
+    # --- truncation, save, load ---------------------------------------------
+
+    def truncated(self, exit):
+        """A model holding only the blocks and heads up to `exit`, for deployment. Its
+        exits are the configured exits <= `exit`, with the same representations as here."""
+        self.exit_index(exit)
+        cfg = MoSEConfig(**{**asdict(self.config), 'n_layer': exit,
+                            'exit_layers': tuple(e for e in self.config.exit_layers if e <= exit),
+                            'final_norm': self.config.final_norm and exit == self.config.n_layer})
+        small = MoSE(cfg)
+        sd, keep = self.state_dict(), small.state_dict()
+        # every tensor of the small model exists here; the exit-indexed ones keep their first rows/heads
+        load_state(small, {k: sd[k][:len(cfg.exit_layers)] if k == 'exit_embedding.weight' else sd[k] for k in keep},
+                   where='truncated')
+        return small.to(next(self.parameters()).dtype).train(self.training)
+
+    def save(self, path):
+        """Write {'model', 'config'} atomically (temp file, then os.replace)."""
+        tmp = f"{path}.tmp"
+        torch.save({'model': self.state_dict(), 'config': config_to_dict(self.config)}, tmp)
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path, map_location='cpu'):
+        """Load a file written by `save` (or a training checkpoint with 'model' and
+        'config'); never executes code from it (weights_only=True)."""
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"checkpoint {path} not found")
+        try:
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        except Exception as e:
+            raise ValueError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from None
+        if not isinstance(ckpt, dict) or 'model' not in ckpt or 'config' not in ckpt:
+            raise ValueError(f"{path}: expected a checkpoint dict with 'model' and 'config' keys")
+        model = cls(config_from_dict(ckpt['config'], where=path))
+        load_state(model, ckpt['model'], where=path)
+        return model
+
+    @classmethod
+    def from_pretrained(cls, path, dtype=torch.float32, verbose=True):
+        """Load a released ModularStarEncoder directory: config.json + model.safetensors
+        (or a sharded index), backbone keys as transformers' Starcoder2Model under a prefix
+        (detected). Heads whose names match are loaded; the keys left unused and the
+        parameters left at their init are printed."""
+        try:
+            from safetensors.torch import load_file
+        except ImportError:
+            raise ImportError("from_pretrained needs the safetensors package: pip install safetensors") from None
+        cfg_path = os.path.join(path, 'config.json')
+        if not os.path.isfile(cfg_path):
+            raise FileNotFoundError(f"{cfg_path} not found (expected a released checkpoint directory)")
+        with open(cfg_path) as f:
+            hf = json.load(f)
+        config = config_from_hf(hf, where=cfg_path)
+        index = os.path.join(path, 'model.safetensors.index.json')
+        if os.path.isfile(index):
+            with open(index) as f:
+                files = sorted(set(json.load(f)['weight_map'].values()))
+        else:
+            files = ['model.safetensors']
+        sd = {}
+        for name in files:
+            fp = os.path.join(path, name)
+            if not os.path.isfile(fp):
+                raise FileNotFoundError(f"{fp} not found")
+            sd.update(load_file(fp))
+        emb = [k for k in sd if k.endswith('embed_tokens.weight')]
+        if len(emb) != 1:
+            raise ValueError(f"{path}: expected one '*embed_tokens.weight' tensor to detect the backbone prefix, found {emb}")
+        prefix = emb[0][:-len('embed_tokens.weight')]
+        model = cls(config)
+        ours = model.state_dict()
+        mapped, unused = {}, []
+        for k, v in sd.items():
+            name = k[len(prefix):] if k.startswith(prefix) else k
+            if name in ours:
+                mapped[name] = v
+            else:
+                unused.append(k)
+        backbone = [k for k in ours if k.split('.')[0] in ('embed_tokens', 'layers', 'norm')]
+        missing = [k for k in backbone if k not in mapped]
+        if missing:
+            raise ValueError(f"{path}: backbone tensors missing under prefix {prefix!r}: {missing[:5]}"
+                             f"{' ...' if len(missing) > 5 else ''}")
+        load_state(model, {k: v.to(dtype) for k, v in mapped.items()}, where=path, strict=False)
+        if verbose:
+            print(f"from_pretrained: prefix {prefix!r}, {len(mapped)} tensors loaded")
+            print(f"  unused keys ({len(unused)}): {unused}")
+            print(f"  left at init ({len(ours) - len(mapped)}): {[k for k in ours if k not in mapped]}")
+        return model.to(dtype)
+
+
+# -----------------------------------------------------------------------------
+# config and state-dict helpers
+
+def config_to_dict(config):
+    d = asdict(config)
+    d['exit_layers'] = list(d['exit_layers'])  # plain types only: loadable with weights_only=True
+    return d
+
+
+def config_from_dict(d, where='config'):
+    known = {f.name for f in fields(MoSEConfig)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ValueError(f"{where}: unknown model config keys {unknown}")
+    return MoSEConfig(**d)
+
+
+def config_from_hf(hf, where='config.json'):
+    """Map a transformers Starcoder2 / ModularStarEncoder config.json to MoSEConfig."""
+    if hf.get('hidden_act', 'gelu_pytorch_tanh') not in ('gelu_pytorch_tanh', 'gelu_new'):
+        raise ValueError(f"{where}: hidden_act {hf['hidden_act']!r} is not supported (expected gelu_pytorch_tanh)")
+    if hf.get('norm_type', 'layer_norm') != 'layer_norm':
+        raise ValueError(f"{where}: norm_type {hf['norm_type']!r} is not supported (expected layer_norm)")
+    rope = hf.get('rope_theta') or (hf.get('rope_parameters') or {}).get('rope_theta', 10000.0)
+    n_layer = hf['num_hidden_layers']
+    return MoSEConfig(
+        vocab_size=hf['vocab_size'], n_layer=n_layer, n_embd=hf['hidden_size'],
+        n_head=hf['num_attention_heads'], n_kv_head=hf.get('num_key_value_heads', hf['num_attention_heads']),
+        intermediate_size=hf['intermediate_size'], rope_theta=float(rope),
+        max_seq_len=hf.get('max_position_embeddings', 2048), norm_eps=hf.get('norm_epsilon', 1e-5),
+        bias=hf.get('use_bias', True), attn_dropout=hf.get('attention_dropout', 0.0),
+        resid_dropout=hf.get('residual_dropout', 0.0), embd_dropout=hf.get('embedding_dropout', 0.0),
+        init_std=hf.get('initializer_range', 0.02),
+        exit_layers=tuple(hf.get('matryoshka_layers') or (n_layer,)),
+        conditional_size=hf.get('conditional_size', 4),
+        pad_id=hf['pad_token_id'] if hf.get('pad_token_id') is not None else 0)
+
+
+def load_state(model, sd, where='checkpoint', strict=True):
+    """Copy `sd` into `model` with clear errors. Vocabulary tables may hold fewer rows
+    than the padded tables here: their rows are copied and the rest left unused (zero)."""
+    ours = model.state_dict()
+    vocab_keys = ('embed_tokens.weight', 'mlm_head.decoder.weight', 'mlm_head.decoder.bias')
+    for k, v in sd.items():
+        if k not in ours:
+            if strict:
+                raise ValueError(f"{where}: unexpected key {k!r} (checkpoint of another config?)")
+            continue
+        if v.shape != ours[k].shape:
+            if k in vocab_keys and v.shape[1:] == ours[k].shape[1:] and v.shape[0] <= ours[k].shape[0]:
+                padded = torch.zeros_like(ours[k])
+                padded[:v.shape[0]] = v
+                v = padded
+            else:
+                raise ValueError(f"{where}: shape of {k!r} is {tuple(v.shape)}, this model expects {tuple(ours[k].shape)}")
+        ours[k].copy_(v)
+    if strict:
+        missing = [k for k in ours if k not in sd]
+        if missing:
+            raise ValueError(f"{where}: missing keys {missing[:5]}{' ...' if len(missing) > 5 else ''}")

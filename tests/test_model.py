@@ -1,0 +1,315 @@
+"""Tests of model.py. Run: python -m pytest tests/test_model.py -q"""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from model import MoSE, MoSEConfig, attention, config_from_dict
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_config(**kw):
+    base = dict(vocab_size=100, n_layer=6, n_embd=32, n_head=4, n_kv_head=2, intermediate_size=96,
+                max_seq_len=64, exit_layers=(2, 4, 6), attn_dropout=0.0, resid_dropout=0.0, embd_dropout=0.0,
+                pad_id=0)
+    base.update(kw)
+    return MoSEConfig(**base)
+
+
+def randomize(module, seed=0):
+    """Random values everywhere (biases and LayerNorms too) so that parity tests mean something."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.2 + (1.0 if 'norm' in name and name.endswith('weight') else 0.0))
+    return module
+
+
+def left_pad(rows, T, pad=0):
+    out = torch.full((len(rows), T), pad, dtype=torch.long)
+    for i, r in enumerate(rows):
+        out[i, T - len(r):] = torch.tensor(r)
+    return out
+
+
+# -----------------------------------------------------------------------------
+# parity with transformers' Starcoder2Model (an independent implementation)
+
+def save_hf_checkpoint(tmp_path, prefix='starEncoder2.', n_layer=4, exits=(2, 4)):
+    transformers = pytest.importorskip('transformers')
+    safetensors = pytest.importorskip('safetensors.torch')
+    hf_cfg = transformers.Starcoder2Config(
+        vocab_size=100, hidden_size=32, intermediate_size=96, num_hidden_layers=n_layer, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=64, rope_theta=999999.4420358813, use_bias=True,
+        sliding_window=None, residual_dropout=0.0, embedding_dropout=0.0, attention_dropout=0.0,
+        norm_epsilon=1e-5, hidden_act='gelu_pytorch_tanh', bos_token_id=None, eos_token_id=None, pad_token_id=0)
+    hf = transformers.Starcoder2Model(hf_cfg).eval()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            p.copy_(torch.randn_like(p) * 0.2 + (1.0 if name.endswith('norm.weight') else 0.0))
+    state = {prefix + k: v.contiguous() for k, v in hf.state_dict().items()}
+    state['layer_conditioning.weight'] = torch.zeros(len(exits), 4)  # a head name we do not use
+    safetensors.save_file(state, str(tmp_path / 'model.safetensors'))
+    cfg = hf_cfg.to_dict()
+    cfg.update(matryoshka_layers=list(exits), conditional_size=4, norm_type='layer_norm')
+    (tmp_path / 'config.json').write_text(json.dumps(cfg))
+    return hf
+
+
+def hf_bidirectional(hf, idx, mask):
+    """Run transformers' model with the causal mask replaced by a padding-only mask."""
+    B, T = idx.shape
+    add = torch.zeros(B, 1, T, T)
+    add.masked_fill_(~mask[:, None, None, :], torch.finfo(torch.float32).min)
+    return hf(input_ids=idx, attention_mask=add, output_hidden_states=True).hidden_states
+
+
+@pytest.mark.parametrize('padded', [False, True])
+@pytest.mark.parametrize('prefix', ['starEncoder2.', 'model.'])
+def test_parity_with_transformers(tmp_path, capsys, padded, prefix):
+    hf = save_hf_checkpoint(tmp_path, prefix=prefix)
+    model = MoSE.from_pretrained(str(tmp_path)).eval()
+    printed = capsys.readouterr().out
+    assert 'layer_conditioning.weight' in printed and 'left at init' in printed
+    assert model.config.exit_layers == (2, 4) and model.config.vocab_size == 100
+    g = torch.Generator().manual_seed(1)
+    rows = [torch.randint(1, 100, (n,), generator=g).tolist() for n in ((12, 12) if not padded else (12, 7))]
+    idx = left_pad(rows, 12)
+    mask = idx != 0
+    with torch.no_grad():
+        ref = hf_bidirectional(hf, idx, mask)
+        ours = model(idx)
+    for k in (2, 4):
+        err = (ours[k] - ref[k])[mask].abs().max().item()
+        assert err < 1e-5, f"exit {k}: max abs error {err}"
+
+
+# -----------------------------------------------------------------------------
+# behaviour
+
+@pytest.fixture
+def model():
+    torch.manual_seed(0)
+    return randomize(MoSE(tiny_config())).eval()
+
+
+def test_bidirectional(model):
+    idx = torch.randint(1, 100, (1, 10))
+    other = idx.clone()
+    other[0, -2] = (idx[0, -2] % 99) + 1  # change the last real token before <cls>
+    h1, h2 = model(idx)[2], model(other)[2]
+    assert not torch.allclose(h1[0, 0], h2[0, 0], atol=1e-6)  # the first position sees the future
+
+
+@pytest.mark.parametrize('n_pad', [1, 5, 20])
+def test_padding_invariance(model, n_pad):
+    row = torch.randint(1, 100, (9,)).tolist()
+    a = model(left_pad([row], 9))
+    b = model(left_pad([row, [5] * (9 + n_pad)], 9 + n_pad))  # a longer neighbour forces padding
+    for k in model.config.exit_layers:
+        assert torch.allclose(a[k][0], b[k][0, n_pad:], atol=1e-5), k
+
+
+@pytest.mark.parametrize('exit', [2, 4, 6])
+def test_early_exit_equals_full_forward(model, exit):
+    idx = torch.randint(1, 100, (2, 11))
+    calls = []
+    hooks = [b.register_forward_hook(lambda *a: calls.append(1)) for b in model.layers]
+    part = model(idx, [exit])
+    assert len(calls) == exit  # no block past the requested exit runs
+    for h in hooks:
+        h.remove()
+    assert torch.equal(part[exit], model(idx)[exit])
+
+
+def test_last_exit_is_normed_and_others_raw(model):
+    idx = torch.randint(1, 100, (2, 8))
+    out, x = model(idx), model.embed_tokens(idx)
+    for i, block in enumerate(model.layers, start=1):
+        x = block(x, model.rope, None)
+        if i in (2, 4):
+            assert torch.allclose(out[i], x)
+    assert torch.allclose(out[6], model.norm(x))
+
+
+def test_gqa_equals_mha_with_repeated_kv():
+    torch.manual_seed(0)
+    q, k, v = torch.randn(2, 8, 10, 16), torch.randn(2, 2, 10, 16), torch.randn(2, 2, 10, 16)
+    mask = torch.ones(2, 10, dtype=torch.bool)
+    mask[1, :3] = False
+    out = attention(q, k, v, mask, 0.0)
+    kr, vr = k.repeat_interleave(4, dim=1), v.repeat_interleave(4, dim=1)  # kv head j serves q heads 4j..4j+3
+    scores = q @ kr.transpose(-1, -2) / 4.0
+    scores = scores.masked_fill(~mask[:, None, None, :], float('-inf'))
+    ref = scores.softmax(-1) @ vr
+    assert torch.allclose(out, ref, atol=1e-5)
+
+
+def test_rope_scores_depend_only_on_relative_position(model):
+    rope = model.rope
+    torch.manual_seed(0)
+    q, k = torch.randn(1, 1, 1, 8), torch.randn(1, 1, 1, 8)
+    qs, ks = rope(q.expand(1, 1, 40, 8), 40), rope(k.expand(1, 1, 40, 8), 40)  # same vectors at every position
+    s = (qs @ ks.transpose(-1, -2))[0, 0]  # (40, 40)
+    for offset in (-7, 0, 3, 11):
+        diag = torch.diagonal(s, offset=offset)
+        assert torch.allclose(diag, diag[0].expand_as(diag), atol=1e-4)
+    assert not torch.allclose(s[0, 1], s[0, 5])  # but it does depend on the distance
+
+
+def test_mlm_head_touches_only_masked_positions(model):
+    idx = torch.randint(1, 100, (2, 10))
+    h = model(idx)[4].detach().requires_grad_(True)
+    positions = torch.tensor([3, 12, 17])
+    logits = model.mlm_logits(h, 4, positions)
+    assert logits.shape == (3, model.config.padded_vocab_size)
+    logits.sum().backward()
+    touched = h.grad.reshape(-1, h.size(-1)).abs().sum(-1).nonzero().squeeze(1)
+    assert touched.tolist() == positions.tolist()
+
+
+def test_heads_are_conditioned_on_the_exit(model):
+    h = torch.randn(2, 5, 32)
+    assert not torch.allclose(model.icc_logits(h, 2), model.icc_logits(h, 4))
+    assert model.icc_logits(h, 2).shape == (2, 2)
+
+
+def test_pretrain_loss_weights(model):
+    torch.manual_seed(0)
+    idx = torch.randint(1, 100, (2, 10))
+    pos, tgt, lab = torch.tensor([1, 5, 13]), torch.randint(1, 100, (3,)), torch.tensor([0, 1])
+    total, stats = model.pretrain_loss(idx, None, pos, tgt, lab)
+    ref = 0.0
+    for e, h in model(idx).items():
+        ref += e / 6 * (F.cross_entropy(model.mlm_logits(h, e, pos), tgt) + F.cross_entropy(model.icc_logits(h, e), lab))
+    assert torch.allclose(total, ref) and set(stats) == {2, 4, 6}
+
+
+def test_encode_normalised_and_all_exits_in_one_pass():
+    torch.manual_seed(0)
+    m = randomize(MoSE(tiny_config(proj_heads=True))).eval()
+    idx = torch.randint(1, 100, (3, 9))
+    both = m.encode(idx, [2, 6])
+    for e in (2, 6):
+        one = m.encode(idx, e)
+        assert torch.allclose(one, both[e], atol=1e-6)
+        assert torch.allclose(one.norm(dim=-1), torch.ones(3))
+
+
+# -----------------------------------------------------------------------------
+# sizes, FLOPs, truncation, checkpoints
+
+def test_mose_1b_parameter_counts_match_release():
+    sys.path.insert(0, ROOT)
+    from configurator import apply_config
+    keys = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(MoSEConfig()).items()}
+    cfg = apply_config([os.path.join(ROOT, 'config/mose_1b.py')], keys)
+    with torch.device('meta'):
+        m = MoSE(MoSEConfig(**cfg))
+    released = {4: 160e6, 9: 300e6, 18: 550e6, 27: 800e6, 36: 1.0e9}
+    for e, n in released.items():
+        assert abs(m.num_params(e) - n) / n < 0.06, (e, m.num_params(e))
+    assert m.config.padded_vocab_size == 49216  # 49156 padded to a multiple of 64
+
+
+def test_flops_grow_with_exit_and_length(model):
+    f = [model.estimate_flops(128, e) for e in model.config.exit_layers]
+    assert f == sorted(f) and len(set(f)) == len(f)
+    assert model.estimate_flops(256, 6) > 2 * model.estimate_flops(128, 6)  # attention is quadratic
+    assert model.estimate_flops(128, 6, mlm_tokens=10) > f[-1]
+
+
+def test_truncation_keeps_outputs_and_drops_weights(model, tmp_path):
+    idx = torch.randint(1, 100, (2, 9))
+    small = model.truncated(4)
+    assert len(small.layers) == 4 and small.config.exit_layers == (2, 4) and small.norm is None
+    full = model(idx)
+    for e in (2, 4):
+        assert torch.equal(small(idx)[e], full[e])
+    h = full[4]
+    assert torch.equal(small.icc_logits(h, 4), model.icc_logits(h, 4))
+    model.save(tmp_path / 'full.pt')
+    small.save(tmp_path / 'small.pt')
+    assert os.path.getsize(tmp_path / 'small.pt') < os.path.getsize(tmp_path / 'full.pt')
+    again = MoSE.load(tmp_path / 'small.pt').eval()
+    assert torch.equal(again(idx)[4], full[4])
+
+
+def test_vocab_rows_are_padded_when_loading(model):
+    assert model.config.padded_vocab_size == 128
+    sd = {k: v.clone() for k, v in model.state_dict().items()}
+    sd['embed_tokens.weight'] = sd['embed_tokens.weight'][:100]
+    sd['mlm_head.decoder.weight'] = sd['mlm_head.decoder.weight'][:100]
+    sd['mlm_head.decoder.bias'] = sd['mlm_head.decoder.bias'][:100]
+    from model import load_state
+    other = MoSE(tiny_config())
+    load_state(other, sd)
+    assert torch.equal(other.embed_tokens.weight[:100], model.embed_tokens.weight[:100])
+    assert other.embed_tokens.weight[100:].abs().sum() == 0
+
+
+def test_configure_optimizers_decays_only_matrices(model):
+    opt = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), 1e-6, 'cpu')
+    decay, no_decay = opt.param_groups
+    assert decay['weight_decay'] == 0.1 and no_decay['weight_decay'] == 0.0
+    assert all(p.dim() >= 2 for p in decay['params']) and all(p.dim() < 2 for p in no_decay['params'])
+    assert len(decay['params']) + len(no_decay['params']) == len(list(model.parameters()))
+
+
+# -----------------------------------------------------------------------------
+# bad input
+
+def test_bad_token_id(model):
+    with pytest.raises(ValueError, match=r"token id 100 is outside the vocabulary \[0, 100\)"):
+        model(torch.tensor([[1, 2, 100]]))
+
+
+@pytest.mark.parametrize('exit', [3, 7, 0])
+def test_unconfigured_exit_lists_valid_ones(model, exit):
+    with pytest.raises(ValueError, match=r"valid exits: \[2, 4, 6\]"):
+        model(torch.tensor([[1, 2, 3]]), [exit])
+
+
+def test_sequence_too_long(model):
+    with pytest.raises(ValueError, match="exceeds max_seq_len=64"):
+        model(torch.ones(1, 65, dtype=torch.long))
+
+
+def test_checkpoint_shape_mismatch(model, tmp_path):
+    model.save(tmp_path / 'a.pt')
+    ckpt = torch.load(tmp_path / 'a.pt', weights_only=True)
+    ckpt['model']['layers.0.mlp.c_fc.weight'] = torch.zeros(7, 32)
+    torch.save(ckpt, tmp_path / 'b.pt')
+    with pytest.raises(ValueError, match=r"layers.0.mlp.c_fc.weight.*\(7, 32\).*\(96, 32\)"):
+        MoSE.load(tmp_path / 'b.pt')
+
+
+def test_checkpoint_never_executes_code(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ('touch ' + str(tmp_path / 'pwned'),))
+    torch.save({'model': Evil(), 'config': {}}, tmp_path / 'evil.pt')
+    with pytest.raises(ValueError, match='not a readable checkpoint'):
+        MoSE.load(tmp_path / 'evil.pt')
+    assert not (tmp_path / 'pwned').exists()
+
+
+@pytest.mark.parametrize('kw, msg', [
+    (dict(exit_layers=(2, 4)), 'must be the last layer'),
+    (dict(n_head=5), 'not divisible'),
+    (dict(exit_layers=(4, 2, 6)), 'strictly increasing'),
+])
+def test_bad_config(kw, msg):
+    with pytest.raises(ValueError, match=msg):
+        tiny_config(**kw)
+
+
+def test_unknown_config_key_in_checkpoint():
+    with pytest.raises(ValueError, match=r"unknown model config keys \['n_layers'\]"):
+        config_from_dict({'n_layers': 3})
