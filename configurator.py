@@ -17,6 +17,7 @@ Where nanoGPT is loose this is strict:
 The parsing is the pure function `apply_config`; only the exec'd tail touches globals.
 """
 import ast
+import builtins
 import difflib
 import os
 import sys
@@ -75,7 +76,7 @@ def apply_config(argv, config):
             scope = dict(config)
             try:
                 with open(arg) as f:
-                    exec(compile(f.read(), arg, 'exec'), scope)
+                    exec(builtins.compile(f.read(), arg, "exec"), scope)
             except Exception as e:  # a config file is user input: report it on one line
                 line = getattr(e, 'lineno', None) or _traceback_line(e, arg)
                 raise ConfigError(f"{arg}:{line}: {type(e).__name__}: {e}") from None

@@ -1,0 +1,311 @@
+"""
+Self-distilled MLM + in-context-classification pre-training of MoSE (paper 2.1, 2.2, 3.1).
+
+Laptop CPU (a few minutes):      python pretrain.py config/mose_tiny.py
+One GPU:                         python pretrain.py config/mose_1b.py --batch_size=8
+One node, 8 GPUs:                torchrun --nproc_per_node=8 pretrain.py config/mose_1b.py
+N nodes (run on each node R):    torchrun --nnodes=N --node_rank=R --nproc_per_node=8 \
+                                     --rdzv_backend=c10d --rdzv_endpoint=HOST:29500 pretrain.py config/mose_1b.py
+Resume the newest checkpoint:    python pretrain.py config/mose_tiny.py --init_from=resume
+
+The data are the ICC shards of prepare.py. Every step logs the loss, per-exit MLM loss and
+accuracy, per-exit ICC accuracy, lr, tokens/s and MFU; the held-out repositories are evaluated
+at intervals on all ranks; checkpoints are step-numbered, atomic and hold what an exact resume
+needs (model, optimiser, every rank's RNG, data position, config).
+"""
+import json
+import math
+import os
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import fields
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from data import load_icc
+from model import MoSE, MoSEConfig, config_from_dict, config_to_dict
+from tokenizer import get_tokenizer
+from training import (EpochSampler, Objective, UserError, all_reduce_sum, batch_rows, gather_rng_states, left_pad,
+                      list_checkpoints, load_checkpoint, lr_at, mask_tokens, peak_flops, save_checkpoint,
+                      set_rng_state, setup_distributed, truncate_log)
+
+# -----------------------------------------------------------------------------
+# I/O
+out_dir = 'out/pretrain'         # checkpoints and log.jsonl
+data_dir = 'data/icc'            # ICC shards and manifest.json from prepare.py
+tokenizer = 'cl100k_base'        # must be the tokenizer the shards were built with
+init_from = 'scratch'            # 'scratch', 'resume' (newest checkpoint in out_dir) or a released checkpoint dir
+log_interval = 10                # steps between log lines
+eval_interval = 250              # steps between evaluations on the held-out repositories (and at start / end)
+eval_batches = 20                # micro-batches per rank per evaluation
+ckpt_interval = 250              # steps between checkpoints (and one at the end)
+keep_last = 3                    # checkpoints kept on disk
+time_limit = 0.0                 # seconds; > 0 stops early with a checkpoint (for fixed-compute comparisons)
+# data
+total_batch_tokens = 4_194_304   # global batch in tokens (paper 3.1: 4M); = batch_size x block_size x accum x world
+batch_size = 8                   # sequences per micro-batch per process
+block_size = 2048                # longest sequence (model max_seq_len); the shards must fit in it
+mlm_rate = 0.15                  # paper 2.1: 15% of ordinary tokens, 80-10-10
+# model (MoSEConfig; config/mose_1b.py gives the released values)
+n_layer = 36
+n_embd = 1024
+n_head = 16
+n_kv_head = 4
+intermediate_size = 12288
+rope_theta = 999999.4420358813
+norm_eps = 1e-5
+bias = True
+attn_dropout = 0.1
+resid_dropout = 0.1
+embd_dropout = 0.1
+init_std = 0.018042
+exit_layers = [4, 9, 18, 27, 36]  # a single exit, e.g. [36], is the paper's single-exit baseline
+conditional_size = 4
+# optimiser (paper 3.1)
+learning_rate = 6.24e-4
+max_steps = 245_000
+warmup_steps = 4000
+# Multi-step decay. The paper: "reduced at 120,000, 185,000, 220,000, 230,000 and 240,000 steps,
+# applying a decay factor of 0.36, and from step 185,000 onward, further reduced by factors of 0.1,
+# 0.031, 0.01 and 0.001". Read as five milestones with five absolute multipliers of the peak lr,
+# the DeepSeek-LLM scheme the paper cites: 0.36 from 120k, then 0.1, 0.031, 0.01, 0.001. Compounding
+# them instead would put the lr at 3.5e-8 of its peak by 230k, which no one trains with.
+lr_milestones = [(120_000, 0.36), (185_000, 0.1), (220_000, 0.031), (230_000, 0.01), (240_000, 0.001)]
+weight_decay = 0.1
+beta1 = 0.9
+beta2 = 0.95
+eps = 1e-6
+grad_clip = 1.0
+# system
+device = 'cuda' if torch.cuda.is_available() else 'cpu'
+dtype = 'auto'                   # 'auto': bfloat16 autocast on GPUs that support it, float32 on CPU
+compile = False                  # torch.compile the model and loss
+seed = 1337
+# -----------------------------------------------------------------------------
+config_keys = [k for k, v in globals().items() if not k.startswith('_') and isinstance(v, (int, float, bool, str, list))]
+exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
+config = {k: globals()[k] for k in config_keys}
+# -----------------------------------------------------------------------------
+
+def fail(msg):
+    sys.exit(f"error: {msg}")
+
+
+ddp, rank, local_rank, world_size, device = setup_distributed(device)
+master = rank == 0
+device_type = 'cuda' if device.startswith('cuda') else 'cpu'
+if dtype == 'auto':
+    dtype = 'bfloat16' if device_type == 'cuda' and torch.cuda.is_bf16_supported() else 'float32'
+ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}[dtype]
+autocast = nullcontext() if ptdtype == torch.float32 else torch.autocast(device_type, dtype=ptdtype)
+torch.manual_seed(seed + rank)
+if device_type == 'cuda':
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+
+rows_per_micro = batch_size * block_size * world_size
+if total_batch_tokens % rows_per_micro:
+    fail(f"total_batch_tokens={total_batch_tokens} is not divisible by batch_size x block_size x world_size "
+         f"= {batch_size} x {block_size} x {world_size} = {rows_per_micro}")
+grad_accum = total_batch_tokens // rows_per_micro
+rows_per_step = batch_size * grad_accum * world_size
+if master:
+    print(f"tokens per step: {batch_size} x {block_size} x {grad_accum} (accum) x {world_size} (world) "
+          f"= {total_batch_tokens:,}")
+
+# data
+try:
+    tok = get_tokenizer(tokenizer)
+    train_data = load_icc(data_dir, 'train', tok.meta(), tok.n_vocab)
+    val_data = load_icc(data_dir, 'val', tok.meta(), tok.n_vocab)
+except (OSError, ValueError, UserError) as e:
+    fail(e)
+if train_data.manifest['max_len'] > block_size:
+    fail(f"{data_dir}: shards were built with max_len={train_data.manifest['max_len']} > block_size={block_size}; "
+         f"rebuild them with `python prepare.py --max_len={block_size}` or raise block_size")
+if len(train_data) == 0 or len(val_data) == 0:
+    fail(f"{data_dir}: empty split (train {len(train_data)}, val {len(val_data)} sequences)")
+train_order, val_order = EpochSampler(len(train_data), seed), EpochSampler(len(val_data), seed)
+
+
+def get_batch(split, first_row):
+    """Micro-batch of the stream positions first_row .. first_row + batch_size - 1: left-padded
+    ids, MLM inputs/positions/targets and ICC labels. The masking RNG is keyed by the position,
+    so a batch is the same whatever the world size, accumulation or resume point."""
+    data, order = (train_data, train_order) if split == 'train' else (val_data, val_order)
+    seqs, labels = zip(*(data.get(order(g)) for g in range(first_row, first_row + batch_size)))
+    idx = left_pad([s.astype(np.int64) for s in seqs], tok.pad_id)                          # (B, T)
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + first_row + (0 if split == 'train' else 1 << 40))
+    inputs, positions, targets = mask_tokens(idx, tok.special_ids, tok.n_vocab, tok.mask_id, gen, mlm_rate)
+    mask = idx != tok.pad_id
+    to = lambda t: t.pin_memory().to(device, non_blocking=True) if device_type == 'cuda' else t
+    return to(inputs), to(mask), to(positions), to(targets), to(torch.tensor(labels, dtype=torch.long))
+
+
+# model
+model_args = {f.name: globals()[f.name] for f in fields(MoSEConfig) if f.name in globals()}
+model_args.update(vocab_size=tok.n_vocab, pad_id=tok.pad_id, max_seq_len=block_size)
+step, data_pos, ckpt = 0, 0, None
+try:
+    if init_from == 'resume':
+        found = list_checkpoints(out_dir)
+        if not found:
+            fail(f"init_from='resume' but {out_dir} holds no checkpoint (start with --init_from=scratch)")
+        ckpt = load_checkpoint(found[-1])
+        ckpt_cfg = config_from_dict(ckpt['model_config'], where=found[-1])
+        differ = [k for k in model_args if k != 'exit_layers' and getattr(ckpt_cfg, k) != model_args[k]]
+        differ += ['exit_layers'] if list(ckpt_cfg.exit_layers) != list(model_args['exit_layers']) else []
+        if differ:
+            fail(f"{found[-1]} is a checkpoint of another config: {', '.join(f'{k}={getattr(ckpt_cfg, k)!r} here {model_args[k]!r}' for k in differ)}")
+        model = MoSE(ckpt_cfg)
+        model.load_state_dict(ckpt['model'])
+        step, data_pos = ckpt['step'], ckpt['data_pos']
+        if master:
+            print(f"resuming from {found[-1]} at step {step}")
+    elif init_from == 'scratch':
+        model = MoSE(MoSEConfig(**model_args))
+    else:  # a released ModularStarEncoder directory (continued pre-training)
+        model = MoSE.from_pretrained(init_from, verbose=master)
+        if model.config.vocab_size != tok.n_vocab:
+            fail(f"{init_from}: vocab_size {model.config.vocab_size} != tokenizer {tokenizer!r} n_vocab {tok.n_vocab}")
+except (OSError, ValueError, UserError) as e:
+    fail(e)
+model.to(device)
+raw_model = model
+optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), eps, device_type)
+if ckpt is not None:
+    optimizer.load_state_dict(ckpt['optimizer'])
+    if len(ckpt['rng']) == world_size:
+        set_rng_state(ckpt['rng'][rank], device)
+    elif master:
+        print(f"warning: checkpoint has RNG states of {len(ckpt['rng'])} ranks, this run has {world_size}: dropout RNG reseeded")
+    ckpt = None  # free memory
+objective = Objective(model, 'pretrain_loss')
+if compile:
+    objective = torch.compile(objective)
+if ddp:
+    objective = DDP(objective, device_ids=[local_rank] if device_type == 'cuda' else None)
+exits = list(raw_model.config.exit_layers)
+peak = peak_flops(device, ptdtype if device_type == 'cpu' else torch.bfloat16)
+if master:
+    print(f"model: {raw_model.num_params() / 1e6:.1f}M parameters ({', '.join(f'exit {e}: {raw_model.num_params(e) / 1e6:.1f}M' for e in exits)}); "
+          f"{len(train_data):,} train / {len(val_data):,} val sequences; peak {peak / 1e12 if peak else float('nan'):.2f} TFLOP/s per device")
+
+
+@torch.no_grad()
+def evaluate():
+    """Per-exit MLM loss / accuracy and ICC accuracy on the held-out repositories. Every rank
+    takes a disjoint slice of the same fixed batches; sums are all-reduced."""
+    objective.eval()
+    sums = torch.zeros(len(exits), 6, device=device)  # mlm loss*n, mlm correct, n, icc loss*b, icc correct, b
+    for i in range(eval_batches):
+        inputs, mask, positions, targets, labels = get_batch('val', batch_rows(0, i, eval_batches, world_size, rank, batch_size)[0])
+        with autocast:
+            _, stats = raw_model.pretrain_loss(inputs, mask, positions, targets, labels)
+        n, b = len(targets), len(labels)
+        for j, e in enumerate(exits):
+            l_mlm, l_icc, a_mlm, a_icc = stats[e].float()
+            sums[j] += torch.stack([l_mlm * n, a_mlm * n, torch.tensor(float(n), device=device),
+                                    l_icc * b, a_icc * b, torch.tensor(float(b), device=device)])
+    all_reduce_sum(sums)
+    objective.train()
+    return {e: {'mlm_loss': (s[0] / s[2]).item(), 'mlm_acc': (s[1] / s[2]).item(),
+                'icc_loss': (s[3] / s[5]).item(), 'icc_acc': (s[4] / s[5]).item()} for e, s in zip(exits, sums)}
+
+
+def log(entry):
+    if master:
+        with open(os.path.join(out_dir, 'log.jsonl'), 'a') as f:
+            f.write(json.dumps(entry) + '\n')
+
+
+def checkpoint():
+    rng = gather_rng_states(device)  # collective: every rank takes part
+    if master:
+        path = save_checkpoint(out_dir, step, {
+            'model': raw_model.state_dict(), 'optimizer': optimizer.state_dict(),
+            'model_config': config_to_dict(raw_model.config), 'config': config, 'step': step,
+            'data_pos': data_pos, 'rng': rng, 'tokenizer': tok.meta()}, keep_last)
+        print(f"saved {path}")
+
+
+def report_eval(res):
+    log({'step': step, 'eval': {str(e): r for e, r in res.items()}})
+    if master:
+        print(f"eval step {step}: " + ' | '.join(f"exit {e}: mlm {r['mlm_loss']:.3f} acc {r['mlm_acc']:.3f} icc acc {r['icc_acc']:.3f}"
+                                               for e, r in res.items()))
+
+
+# -----------------------------------------------------------------------------
+# training loop
+if master:
+    os.makedirs(out_dir, exist_ok=True)
+    truncate_log(os.path.join(out_dir, 'log.jsonl'), step)
+if step == 0 or step >= max_steps:
+    report_eval(evaluate())
+t_start = t_log = time.time()
+tokens_since, flops_since, step_logged = 0, 0.0, step
+batch = get_batch('train', data_pos + batch_rows(0, 0, grad_accum, world_size, rank, batch_size)[0])
+while step < max_steps:
+    lr = lr_at(step, learning_rate, warmup_steps, lr_milestones)
+    for group in optimizer.param_groups:
+        group['lr'] = lr
+    loss_sum, stat_sum = 0.0, 0.0
+    for micro in range(grad_accum):
+        if ddp:  # gradients are all-reduced only on the last micro-step
+            objective.require_backward_grad_sync = micro == grad_accum - 1
+        inputs, mask, positions, targets, labels = batch
+        with autocast:
+            loss, stats = objective(inputs, mask, positions, targets, labels)
+            loss = loss / grad_accum
+        tokens_since += int(mask.sum())
+        flops_since += 3 * raw_model.estimate_flops(inputs.size(1), mlm_tokens=len(targets) / batch_size) * batch_size
+        # prefetch the next micro-batch while the backward runs (asynchronously on GPU)
+        nxt_step, nxt_micro = (step, micro + 1) if micro + 1 < grad_accum else (step + 1, 0)
+        nxt_pos = data_pos + (nxt_step - step) * rows_per_step
+        batch = get_batch('train', nxt_pos + batch_rows(0, nxt_micro, grad_accum, world_size, rank, batch_size)[0])
+        loss.backward()
+        loss_sum += loss.detach()
+        stat_sum = stat_sum + torch.stack([stats[e] for e in exits]) / grad_accum   # (n_exits, 4)
+    norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), grad_clip if grad_clip > 0 else float('inf'))
+    if not torch.isfinite(norm):  # the gradient is all-reduced, so every rank takes the same decision
+        fail(f"non-finite loss or gradient at step {step} (loss {float(loss_sum):.4g}, grad norm {float(norm):.4g}); "
+             f"nothing saved, the newest checkpoint in {out_dir} is intact")
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    step += 1
+    data_pos += rows_per_step
+
+    if step % log_interval == 0 or step == max_steps:
+        loss_val = all_reduce_sum(loss_sum.clone()).item() / world_size
+        st = all_reduce_sum(stat_sum.clone()).cpu() / world_size
+        dt = time.time() - t_log
+        tok_s = tokens_since * world_size / dt
+        mfu = flops_since / dt / peak if peak else float('nan')
+        eta = (max_steps - step) * dt / (step - step_logged)
+        log({'step': step, 'loss': loss_val, 'lr': lr, 'tok_s': tok_s, 'mfu': mfu, 'grad_norm': float(norm),
+             'exits': {str(e): {'mlm_loss': s[0].item(), 'mlm_acc': s[2].item(), 'icc_loss': s[1].item(),
+                                'icc_acc': s[3].item()} for e, s in zip(exits, st)}})
+        if master:
+            per_exit = ' '.join(f"{e}:{s[0]:.2f}/{s[2]:.2f}/{s[3]:.2f}" for e, s in zip(exits, st.tolist()))
+            print(f"step {step}/{max_steps} | loss {loss_val:.4f} | exit:mlm/acc/icc_acc {per_exit} | lr {lr:.2e} | "
+                  f"{tok_s:,.0f} tok/s | mfu {100 * mfu:.1f}% | eta {eta / 3600:.1f}h", flush=True)
+        t_log, tokens_since, flops_since, step_logged = time.time(), 0, 0.0, step
+
+    out_of_time = False
+    if time_limit > 0:
+        flag = all_reduce_sum(torch.tensor([float(time.time() - t_start > time_limit)], device=device))
+        out_of_time = bool(flag.item() > 0)
+    if step % eval_interval == 0 or step == max_steps or out_of_time:
+        report_eval(evaluate())
+    if step % ckpt_interval == 0 or step == max_steps or out_of_time:
+        checkpoint()
+    if out_of_time:
+        if master:
+            print(f"time_limit of {time_limit:.0f}s reached at step {step}")
+        break
+
+if ddp:
+    torch.distributed.destroy_process_group()
