@@ -115,6 +115,19 @@ class Tokenizer:
                     ia, ib = ia[:half], ib[:budget - half]
         return [self.sep_id] + ia + [self.sep_id] + ib + [self.cls_id]
 
+    def token_byte_lengths(self):
+        """np.int64 array [n_vocab]: bytes of each token's text (0 for unused ids); lets a caller map
+        token positions to byte offsets without decoding token by token."""
+        if getattr(self, '_tlen', None) is None:
+            import numpy as np
+            tlen = np.zeros(self.n_vocab, dtype=np.int64)
+            for b, i in self.enc._mergeable_ranks.items():
+                tlen[i] = len(b)
+            for s, i in self.enc._special_tokens.items():
+                tlen[i] = len(s.encode())
+            self._tlen = tlen
+        return self._tlen
+
     def meta(self):
         """JSON-able fingerprint, stored next to every dataset built with this tokenizer."""
         if self._meta is None:
