@@ -29,12 +29,16 @@ same kinds of pairs from real local code, CodeSearchNet's way):
   the function without it. CodeSearchNet's filters: >= 3 lines of code, >= 3 words of query, no
   "test" in the name, no dunder methods, exact and near duplicates removed.
 - code-code: pairs of real functions that are near-duplicates of each other (MinHash, Jaccard of
-  character 5-grams >= 0.7) but not identical text: vendored copies in other versions (pip/_vendor
-  vs the standalone package), ports between packages, sibling implementations. Both sides are real
-  code; the pair is a "same functionality, different code" pair like SynthCoNL's.
-- clone detection: positives are near-duplicate function pairs (exact copies included, at most 3
-  pairs per group of identical functions), negatives an equal number of random function pairs of
-  the same split whose estimated Jaccard is below 0.3. Balanced 1:1.
+  character 5-grams >= 0.7) but not identical text once docstrings are removed: vendored copies in
+  other versions (pip/_vendor vs the standalone package), "Copied from" model code in transformers,
+  ports between packages, sibling implementations. Both sides are real code, like SynthCoNL's
+  "same task, different code" pairs (there across languages, here Python-Python). Each function is
+  in at most one pair (a greedy matching, most similar first), so a cluster of look-alike
+  functions does not fill a batch with false negatives.
+- clone detection: positives are near-duplicate function pairs (each function in at most 3) plus
+  identical copies in different files (at most 3 pairs per group of identical functions);
+  negatives an equal number of random function pairs of the same split whose estimated Jaccard is
+  below 0.3. Balanced 1:1.
 Splits are by repository everywhere: no repository on two sides; a pair across two splits is dropped.
 
 Near-deduplication (paper 5): MinHash LSH (datasketch), Jaccard threshold 0.7, 256 permutations,
@@ -61,6 +65,9 @@ out_dir = 'data'
 # tokenisation and ICC sequences (paper 2.1)
 tokenizer = 'cl100k_base'  # or a directory with StarCoder-2's vocab.json + merges.txt
 max_len = 2048  # tokens per sequence, <sep> and <cls> included
+snippet_len = 0  # longest snippet in tokens; longer files are split at line boundaries. 0 = (max_len - 3) // 2,
+# so that a second snippet always fits: with whole-sequence snippets (max_len - 2) the long files of
+# the default corpus fill a sequence alone and only ~4% of sequences mix two repositories (paper: 50%)
 val_fraction = 0.05  # ICC validation share (of bytes), split by repository
 shard_tokens = 64 * 2 ** 20  # tokens per shard file
 max_bytes = 0  # cap on the corpus bytes read (0 = all); repositories are dropped whole, in seeded order
@@ -439,7 +446,6 @@ def extract_functions(source):
     lineno, end_lineno, original_string (the def without decorators, dedented, as CodeSearchNet),
     docstring (cleaned, '' if none). [] if the source does not parse."""
     import ast
-    import textwrap
     try:
         tree = ast.parse(source)
     except (SyntaxError, ValueError, RecursionError, MemoryError):
@@ -450,7 +456,11 @@ def extract_functions(source):
     def visit(node, prefix):
         for child in ast.iter_child_nodes(node):
             if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                text = textwrap.dedent(''.join(lines[child.lineno - 1:child.end_lineno]))
+                # dedent by the def's own indentation (textwrap.dedent gives up when a string
+                # literal inside has lines further left)
+                pre = lines[child.lineno - 1][:child.col_offset]
+                text = ''.join(line[len(pre):] if line.startswith(pre) else line
+                               for line in lines[child.lineno - 1:child.end_lineno])
                 out.append({'name': child.name, 'qualname': prefix + child.name, 'lineno': child.lineno,
                             'end_lineno': child.end_lineno, 'original_string': text,
                             'docstring': ast.get_docstring(child, clean=True) or ''})
@@ -582,17 +592,22 @@ def build_finetune(repos, which):
                            'code': f['original_string'], 'code_tokens': simple_tokens(code),
                            'docstring': f['docstring'], 'docstring_tokens': simple_tokens(query),
                            'sha': f['sha'], 'url': url(f), 'partition': s})
-        code_code, dropped = {s: [] for s in splits}, 0
-        for a, b, jac in near:
+        # each function in at most one code-code pair (a matching, most similar pairs first): a
+        # cluster of many similar functions would otherwise fill batches with false negatives
+        code_code, dropped, used = {s: [] for s in splits}, 0, set()
+        for a, b, jac in sorted(near, key=lambda x: -x[2]):
             fa, fb = funcs[reps[a][0]], funcs[reps[b][0]]
             if split_of[fa['repo']] != split_of[fb['repo']]:
                 dropped += 1
+                continue
+            if a in used or b in used:
                 continue
             ca, cb = strip_docstring(fa['original_string']), strip_docstring(fb['original_string'])
             if normalized(ca) == normalized(cb) or code_lines(ca) < 3 or code_lines(cb) < 3:
                 continue
             if rng.random() < 0.5:
                 fa, fb, ca, cb = fb, fa, cb, ca
+            used.update((a, b))
             code_code[split_of[fa['repo']]].append(pair_row('code-code', ca, 'python', cb, 'python', fa['repo'],
                                                             f"{url(fa)}|{url(fb)}"))
         rdir = os.path.join(out_dir, 'retrieval')
@@ -609,11 +624,13 @@ def build_finetune(repos, which):
                 f"{sum(1 for r in split_of.values() if r == s)} repositories")
         say(f"retrieval: {dropped} near-duplicate pairs across two splits dropped")
     if 'clone' in which:
-        pos = {s: [] for s in splits}
-        for a, b, jac in near:
+        pos, n_pos = {s: [] for s in splits}, {}
+        for a, b, jac in sorted(near, key=lambda x: -x[2]):  # each function in at most 3 positive pairs
             fa, fb = reps[a][0], reps[b][0]
-            if split_of[funcs[fa]['repo']] == split_of[funcs[fb]['repo']]:
+            if split_of[funcs[fa]['repo']] == split_of[funcs[fb]['repo']] and \
+                    n_pos.get(a, 0) < 3 and n_pos.get(b, 0) < 3:
                 pos[split_of[funcs[fa]['repo']]].append((fa, fb))
+                n_pos[a], n_pos[b] = n_pos.get(a, 0) + 1, n_pos.get(b, 0) + 1
         for g in ok:  # identical copies (type-1 clones): at most 3 pairs per group
             m = reps[g]
             for x, y in list(zip(m, m[1:]))[:3]:
@@ -652,13 +669,20 @@ def build_finetune(repos, which):
 
 # ----------------------------------------------------------------------------- ICC task
 
-_TOK = None
+_TOK, _BUDGET = None, None
 
 
-def _init_worker(name):
-    global _TOK
+def snippet_budget():
+    budget = snippet_len or (max_len - 3) // 2
+    if not 1 <= budget <= max_len - 2:
+        raise ValueError(f"snippet_len={snippet_len}: must be in [1, max_len - 2 = {max_len - 2}]")
+    return budget
+
+
+def _init_worker(name, budget):
+    global _TOK, _BUDGET
     from tokenizer import get_tokenizer
-    _TOK = get_tokenizer(name)
+    _TOK, _BUDGET = get_tokenizer(name), budget
 
 
 def _tokenise_file(task):
@@ -670,7 +694,7 @@ def _tokenise_file(task):
         text, why = read_source(src)
     if text is None:
         return ri, fi, why, 0, []
-    snippets = [np.array(s, dtype=np.uint32) for s in split_snippets(text, _TOK, max_len - 2)]
+    snippets = [np.array(s, dtype=np.uint32) for s in split_snippets(text, _TOK, _BUDGET)]
     return ri, fi, None, len(text.encode('utf-8')), snippets
 
 
@@ -695,7 +719,7 @@ def run_icc(repos, source):
     icc_dir = os.path.join(out_dir, 'icc')
     os.makedirs(icc_dir, exist_ok=True)
     settings = {'source': source, 'corpus_sha256': corpus_fingerprint(repos), 'tokenizer': tok.meta(),
-                'max_len': max_len, 'val_fraction': val_fraction, 'seed': seed, 'shard_tokens': shard_tokens,
+                'max_len': max_len, 'snippet_len': snippet_budget(), 'val_fraction': val_fraction, 'seed': seed, 'shard_tokens': shard_tokens,
                 'max_bytes': max_bytes}
     mpath = os.path.join(icc_dir, 'manifest.json')
     if os.path.exists(mpath):
@@ -706,15 +730,16 @@ def run_icc(repos, source):
                     return
         except (OSError, ValueError):
             pass
-    if max_len < 3:
-        raise ValueError(f"max_len={max_len}: must be >= 3 (<sep>, one token, <cls>)")
+    if max_len < 5:
+        raise ValueError(f"max_len={max_len}: must be >= 5 (<sep> snippet <sep> snippet <cls>)")
+    snippet_budget()
     clean_icc_dir(icc_dir)
     names = sorted(repos)
     tasks = [(ri, fi, f) for ri, r in enumerate(names) for fi, f in enumerate(repos[r])]
     snippets = [[None] * len(repos[r]) for r in names]
     skipped, n_bytes, n_tok, done = {}, 0, 0, 0
     t0 = last = time.time()
-    with mp.Pool(num_proc, initializer=_init_worker, initargs=(tokenizer,)) as pool:
+    with mp.Pool(num_proc, initializer=_init_worker, initargs=(tokenizer, snippet_budget())) as pool:
         for ri, fi, why, nb, sn in pool.imap_unordered(_tokenise_file, tasks, chunksize=8):
             done += 1
             if why:
@@ -748,7 +773,8 @@ def run_icc(repos, source):
                          f"(extensions read: {', '.join(sorted(SOURCE_EXTS))})")
     split_of = assign_splits({r: sum(len(s) for s in v) for r, v in flat.items()},
                              {'train': 1 - val_fraction, 'val': val_fraction}, seed)
-    manifest = {'format': 'mose-icc', 'version': 1, 'tokenizer': tok.meta(), 'max_len': max_len, 'seed': seed,
+    manifest = {'format': 'mose-icc', 'version': 1, 'tokenizer': tok.meta(), 'max_len': max_len,
+                'snippet_len': snippet_budget(), 'seed': seed,
                 'splits': {}, 'val_repositories': sorted(r for r in flat if split_of[r] == 'val'),
                 'max_token_id': 0, 'source': source, 'settings': settings, 'stats': {}}
     n_snip = sum(len(v) for v in flat.values())

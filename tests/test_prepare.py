@@ -1,0 +1,435 @@
+"""
+prepare.py tests (CPU, hermetic, tiny corpora in tmp_path):  python -m pytest tests/test_prepare.py -q
+
+Pure functions are imported; the stage itself runs as a subprocess, as a user runs it.
+"""
+import ast
+import json
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+
+import numpy as np
+import pytest
+
+import data
+import prepare
+from tokenizer import get_tokenizer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STDLIB = sysconfig.get_paths()['stdlib']
+
+
+def run_prepare(*args, cwd=ROOT):
+    r = subprocess.run([sys.executable, 'prepare.py', *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+    return r.returncode, r.stdout, r.stderr
+
+
+# ----------------------------------------------------------------------------- snippets
+
+@pytest.mark.parametrize('rel,budget', [('json/decoder.py', 4000), ('argparse.py', 500), ('argparse.py', 100),
+                                        ('heapq.py', 30)])
+def test_split_snippets(rel, budget):
+    tok = get_tokenizer()
+    text = open(os.path.join(STDLIB, rel), encoding='utf-8').read()
+    parts = prepare.split_snippets(text, tok, budget)
+    assert all(0 < len(p) <= budget for p in parts)
+    assert ''.join(tok.decode(p) for p in parts) == text  # nothing lost, nothing doubled
+    if len(tok.encode(text)) <= budget:
+        assert parts == [tok.encode(text)]
+    elif max(len(tok.encode(line)) for line in text.splitlines(keepends=True)) < budget - 16:
+        # every line fits: cut at line boundaries only, every part but the last ends with a newline
+        assert len(parts) > 1 and all(tok.decode(p).endswith('\n') for p in parts[:-1])
+
+
+def test_split_snippets_single_long_line():
+    tok = get_tokenizer()
+    text = 'x = [' + ', '.join(str(i) for i in range(500)) + ']'
+    parts = prepare.split_snippets(text, tok, 64)
+    assert all(len(p) <= 64 for p in parts) and sum(parts, []) == tok.encode(text)
+
+
+# ----------------------------------------------------------------------------- ICC sequences (Fig. 2)
+
+def random_lengths(n_repos, seed, lo=5, hi=300):
+    rng = np.random.default_rng(seed)
+    return [rng.integers(lo, hi, size=int(rng.integers(1, 40))).tolist() for _ in range(n_repos)]
+
+
+@pytest.mark.parametrize('max_len,seed', [(1024, 0), (2048, 1), (512, 2)])
+def test_icc_plan_and_assemble(max_len, seed):
+    lengths = random_lengths(60, seed)
+    plan = prepare.icc_plan(lengths, max_len, seed)
+    used = [x for _, items in plan for x in items]
+    assert sorted(used) == sorted((r, i) for r, ls in enumerate(lengths) for i in range(len(ls)))  # each once
+    # fake snippets whose tokens encode their provenance: token = 1000 * repo + index
+    snippets = [[np.full(n, 1000 * r + i, np.uint32) for i, n in enumerate(ls)] for r, ls in enumerate(lengths)]
+    SEP, CLS = 10 ** 6, 10 ** 6 + 1
+    n0 = 0
+    for label, items in plan:
+        seq = prepare.assemble(items, snippets, SEP, CLS)
+        assert seq.dtype == np.uint32 and len(seq) <= max_len
+        assert seq[0] == SEP and seq[-1] == CLS and (seq == CLS).sum() == 1
+        # split at <sep>: each piece is exactly one snippet, in plan order
+        cuts = np.flatnonzero(seq == SEP)
+        pieces = [seq[a + 1:b] for a, b in zip(cuts, list(cuts[1:]) + [len(seq) - 1])]
+        assert [(int(p[0]) // 1000, int(p[0]) % 1000) for p in pieces] == items
+        assert all(len(p) == lengths[r][i] for p, (r, i) in zip(pieces, items))
+        repos = {r for r, _ in items}
+        if label == 1:
+            assert len(repos) == 1
+        else:
+            n0 += 1
+            assert len(repos) == 2
+            a = items[0][0]  # interleaved a, b, a, b, ...
+            assert all((r == a) == (k % 2 == 0) for k, (r, _) in enumerate(items[:2 * min(
+                sum(r == a for r, _ in items), sum(r != a for r, _ in items))]))
+    assert 0.35 < n0 / len(plan) < 0.6  # paper 2.1: 50% of sequences mix two repositories
+    assert prepare.icc_plan(lengths, max_len, seed) == plan  # deterministic
+
+
+def test_icc_plan_label_when_second_repo_never_fits():
+    # every snippet fills the sequence: the pseudocode breaks before any snippet of b -> label 1
+    plan = prepare.icc_plan([[98] * 5, [98] * 5, [98] * 3], 100, 0)
+    assert len(plan) == 13 and all(label == 1 and len(items) == 1 for label, items in plan)
+    with pytest.raises(ValueError, match="over max_len - 2 = 98"):
+        prepare.icc_plan([[99]], 100, 0)
+
+
+@pytest.mark.parametrize('seed', [0, 1, 2])
+def test_assign_splits_by_repository(seed):
+    sizes = {f'r{i}': int(s) for i, s in enumerate(np.random.default_rng(seed).integers(1, 100, 50))}
+    sizes['huge'] = 10_000
+    fr = {'train': 0.8, 'valid': 0.1, 'test': 0.1}
+    out = prepare.assign_splits(sizes, fr, seed)
+    assert set(out) == set(sizes) and set(out.values()) == set(fr)  # each repository in exactly one split
+    assert out['huge'] == 'train'
+    assert out == prepare.assign_splits(sizes, fr, seed)
+    small = {r: s for r, s in sizes.items() if r != 'huge'}
+    out = prepare.assign_splits(small, fr, seed)
+    share = sum(s for r, s in small.items() if out[r] == 'valid') / sum(small.values())
+    assert 0.05 < share < 0.15
+    assert set(prepare.assign_splits({'a': 1, 'b': 1}, {'train': 0.95, 'val': 0.05}, seed).values()) == {'train', 'val'}
+
+
+# ----------------------------------------------------------------------------- functions (CodeSearchNet filters)
+
+SOURCE = '''
+import os
+
+def documented(path, mode="r"):
+    """Open a file and return its first line.
+
+    More details that are not part of the query.
+    """
+    with open(path, mode) as f:
+        return f.readline()
+
+def test_something():
+    """Check that something works as expected."""
+    assert documented(__file__)
+    assert True
+
+class Reader:
+    def __init__(self, path):
+        """Create a reader for the given path."""
+        self.path = path
+        self.n = 0
+
+    def read_all(self):
+        """Read every line of the file into a list."""
+        with open(self.path) as f:
+            return f.readlines()
+
+    def short(self):
+        """Return the path of this reader."""
+        return self.path
+
+    def terse(self):
+        """Path."""
+        x = self.path
+        return x
+
+def undocumented(a):
+    b = a + 1
+    return b
+'''
+
+
+def test_extract_functions_and_filters():
+    funcs = prepare.extract_functions(SOURCE)
+    by = {f['qualname']: f for f in funcs}
+    assert list(by) == ['documented', 'test_something', 'Reader.__init__', 'Reader.read_all', 'Reader.short',
+                        'Reader.terse', 'undocumented']
+    assert by['Reader.read_all']['original_string'].startswith('def read_all(self):\n    """Read')
+    assert by['documented']['lineno'] == 4 and by['documented']['end_lineno'] == 10
+    kept = [f['qualname'] for f in funcs if f['docstring'] and
+            prepare.csn_keep(f, data.strip_docstring(f['original_string']))]
+    assert kept == ['documented', 'Reader.read_all']  # test, dunder, 2-line, 1-word query dropped
+    assert prepare.first_paragraph(by['documented']['docstring']) == 'Open a file and return its first line.'
+    code = data.strip_docstring(by['documented']['original_string'])
+    assert code == 'def documented(path, mode="r"):\n    with open(path, mode) as f:\n        return f.readline()\n'
+    assert prepare.extract_functions('def broken(:\n') == []
+
+
+# ----------------------------------------------------------------------------- MinHash
+
+def test_minhash_signature_equals_datasketch():
+    from datasketch import MinHash
+    text = open(os.path.join(STDLIB, 'heapq.py'), encoding='utf-8').read()[:3000]
+    m = MinHash(num_perm=256, seed=1, hashfunc=int)
+    m.update_batch([int(h) for h in prepare.shingle_hashes(text)])
+    assert np.array_equal(prepare.minhash_signature(text), m.hashvalues)
+
+
+def grams(t, k=5):
+    return {t[i:i + k] for i in range(len(t) - k + 1)}
+
+
+@pytest.mark.parametrize('edit', [0.02, 0.1, 0.3, 0.6])
+def test_minhash_estimates_jaccard(edit):
+    rng = np.random.default_rng(0)
+    a = open(os.path.join(STDLIB, 'bisect.py'), encoding='utf-8').read()
+    chars = list(a)
+    for i in rng.choice(len(chars), int(edit * len(chars) / 5), replace=False):
+        chars[i] = chr(0x4e00 + int(rng.integers(500)))  # each edit breaks up to 5 grams
+    b = ''.join(chars)
+    exact = len(grams(a) & grams(b)) / len(grams(a) | grams(b))
+    est = (prepare.minhash_signature(a) == prepare.minhash_signature(b)).mean()
+    assert abs(est - exact) < 0.08
+
+
+FUNC = '''def merge_sorted(left, right):
+    result, i, j = [], 0, 0
+    while i < len(left) and j < len(right):
+        if left[i] <= right[j]:
+            result.append(left[i])
+            i += 1
+        else:
+            result.append(right[j])
+            j += 1
+    result.extend(left[i:])
+    result.extend(right[j:])
+    return result
+'''
+OTHER = '''def parse_header(line):
+    key, sep, value = line.partition(":")
+    if not sep:
+        raise ValueError("no colon in header line: %r" % line)
+    return key.strip().lower(), value.strip()
+'''
+THIRD = '''class Stack:
+    def __init__(self):
+        self.items = []
+    def push(self, x):
+        self.items.append(x)
+    def pop(self):
+        return self.items.pop()
+'''
+
+
+def test_minhash_dedup_rows():
+    near = FUNC.replace('result', 'out')  # an identifier renamed: a near duplicate
+    col1 = [FUNC, OTHER, FUNC, near, THIRD, OTHER + '\n']
+    col2 = ['a ' * 20, 'b ' * 20, 'c ' * 20, 'd ' * 20, 'b ' * 20, 'e ' * 20]
+    kept, st = prepare.minhash_dedup([col1, col2], 0.7)
+    # row 2 exact copy of row 0, row 3 near copy, row 4 repeats row 1's second column, row 5 ~ row 1
+    assert kept == [0, 1] and st['removed'] == 4
+    kept, _ = prepare.minhash_dedup([[FUNC, OTHER, THIRD], ['x1 ' * 9, 'y2 ' * 9, 'z3 ' * 9]], 0.7)
+    assert kept == [0, 1, 2]  # distinct rows are all kept
+
+
+def test_minhash_dedup_threshold_semantics():
+    half = FUNC[:len(FUNC) // 2] + OTHER  # shares about half its grams with FUNC
+    exact = len(grams(FUNC) & grams(half)) / len(grams(FUNC) | grams(half))
+    assert 0.2 < exact < 0.6
+    assert prepare.minhash_dedup([[FUNC, half]], 0.7)[0] == [0, 1]
+    assert prepare.minhash_dedup([[FUNC, half]], exact - 0.15)[0] == [0]
+
+
+# ----------------------------------------------------------------------------- the stage, end to end
+
+@pytest.fixture(scope='module')
+def corpus(tmp_path_factory):
+    """Real stdlib packages copied as repositories, plus a vendored near-copy and a repository
+    with nothing usable."""
+    d = tmp_path_factory.mktemp('corpus')
+    for p in ('json', 'html', 'wsgiref', 'xmlrpc', 'urllib', 'http', 'logging', 'sqlite3'):
+        shutil.copytree(os.path.join(STDLIB, p), d / p, ignore=shutil.ignore_patterns('__pycache__'))
+    os.makedirs(d / 'vendored' / 'json')
+    for f in ('decoder.py', 'encoder.py'):
+        src = open(os.path.join(STDLIB, 'json', f), encoding='utf-8').read()
+        (d / 'vendored' / 'json' / f).write_text(src.replace('self', 'this'))
+    os.makedirs(d / 'assets')
+    (d / 'assets' / 'logo.c').write_bytes(b'\x89PNG\0\0binary')
+    (d / 'README.md').write_text('not a repository')
+    return d
+
+
+@pytest.fixture(scope='module')
+def built(corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp('out')
+    rc, so, se = run_prepare(f'--input={corpus}', f'--out_dir={out}', '--max_len=512', '--val_fraction=0.2',
+                             '--heldout_fraction=0.2', '--num_proc=2')
+    assert rc == 0, se
+    return out, so
+
+
+def test_icc_end_to_end(built):
+    out, so = built
+    tok = get_tokenizer()
+    m = json.load(open(out / 'icc' / 'manifest.json'))
+    assert m['format'] == 'mose-icc' and m['tokenizer'] == tok.meta() and m['max_len'] == 512
+    assert 'repositories with no usable file skipped' in so and '1 binary' in so
+    assert m['stats']['repositories'] == 9 and m['stats']['mean_len_packed'] >= m['stats']['mean_len_single']
+    assert m['splits']['train']['repositories'] + m['splits']['val']['repositories'] == 9
+    assert len(m['val_repositories']) == m['splits']['val']['repositories'] >= 1
+    total = 0
+    for split in ('train', 'val'):
+        ds = data.load_icc(str(out), split, tok_meta=tok, vocab_size=tok.n_vocab)
+        assert len(ds) == m['splits'][split]['sequences'] and ds.lengths.max() <= 512
+        for i in range(0, len(ds), 7):
+            seq, label = ds.get(i)
+            assert seq[0] == tok.sep_id and seq[-1] == tok.cls_id and (seq == tok.cls_id).sum() == 1
+        total += int((ds.lengths - (ds.lengths > 0) - 0).sum())
+    assert m['stats']['tokens'] + m['stats']['snippets'] + m['splits']['train']['sequences'] + \
+        m['splits']['val']['sequences'] == sum(v['tokens'] for v in m['splits'].values())  # + one <sep>/snippet, <cls>
+
+
+def test_icc_rerun_reuses_and_interrupted_run_is_cleaned(built, corpus):
+    out, _ = built
+    args = (f'--input={corpus}', f'--out_dir={out}', '--max_len=512', '--val_fraction=0.2', '--task=icc')
+    rc, so, se = run_prepare(*args)
+    assert rc == 0 and 'reusing it' in so and 'tokenise' not in se
+    icc = out / 'icc'
+    before = json.load(open(icc / 'manifest.json'))
+    # an interrupted run: manifest gone, a temp file and a stray shard left
+    os.remove(icc / 'manifest.json')
+    (icc / 'train_0000.bin.tmp').write_bytes(b'half written')
+    (icc / 'train_0009.bin').write_bytes(b'stale')
+    rc, so, se = run_prepare(*args)
+    assert rc == 0 and 'removed' in so
+    names = sorted(os.listdir(icc))
+    assert not [n for n in names if n.endswith('.tmp')] and 'train_0009.bin' not in names
+    after = json.load(open(icc / 'manifest.json'))
+    assert after['splits'] == before['splits']  # same data again
+    assert sorted(n for n in names if n.endswith('.bin')) == sorted(
+        s for v in after['splits'].values() for s in v['shards'])
+
+
+def test_finetune_outputs(built):
+    out, so = built
+    splits = ('train', 'valid', 'test')
+    repos = {}
+    for s in splits:
+        rows = data.read_pairs(str(out / 'retrieval' / f'{s}.jsonl')) if (out / 'retrieval' / f'{s}.jsonl').stat().st_size else []
+        repos[s] = {r['repo'] for r in rows}
+        for r in rows:
+            assert r['code_lang'] == 'python'
+            if r['kind'] == 'text-code':
+                assert r['query'] not in r['code'] and r['query_lang'] is None
+        csn = data.load_codesearchnet(str(out / 'codesearchnet' / 'python' / 'final' / 'jsonl' / s)) \
+            if any(r['kind'] == 'text-code' for r in rows) else []
+        raw = [json.loads(l) for l in __import__('gzip').open(
+            out / 'codesearchnet' / 'python' / 'final' / 'jsonl' / s / f'python_{s}_0.jsonl.gz', 'rt')]
+        assert len(csn) == len(raw) == sum(r['kind'] == 'text-code' for r in rows)
+        for r, c in zip(raw, csn):
+            assert set(data.CSN_FIELDS) <= set(r) and r['partition'] == s and r['code'] == r['original_string']
+            assert ast.get_docstring(ast.parse(r['code']).body[0]) == r['docstring']  # CSN keeps it in code
+            assert ast.get_docstring(ast.parse(c['code']).body[0]) is None  # the loader strips it
+    assert not (repos['train'] & repos['valid']) and not (repos['train'] & repos['test']) \
+        and not (repos['valid'] & repos['test'])
+    assert sum(len(v) for v in repos.values()) >= 5
+    n_cc = sum(r['kind'] == 'code-code' for s in splits for r in data.read_pairs(str(out / 'retrieval' / f'{s}.jsonl')))
+    assert n_cc > 0
+    total_pos = 0
+    for s in splits:
+        if not (out / 'bigclonebench' / f'{s}.txt').stat().st_size:
+            continue
+        funcs, pairs, skipped = data.load_bigclonebench(str(out / 'bigclonebench'), s)
+        assert skipped == 0
+        pos = sum(lab for _, _, lab in pairs)
+        assert pos == len(pairs) - pos  # balanced
+        total_pos += pos
+    assert total_pos > 0
+
+
+# ----------------------------------------------------------------------------- bad input
+
+def test_malformed_jsonl_corpus(tmp_path):
+    p = tmp_path / 'stack.jsonl'
+    rows = [{'repo_name': f'o/r{i % 3}', 'path': f'f{i}.py', 'content': f'def f{i}(x):\n    return x * {i}\n'}
+            for i in range(12)]
+    lines = [json.dumps(r) for r in rows]
+    lines[4] = lines[4][:-3]
+    p.write_bytes(('\n'.join(lines) + '\n').encode() + b'{"repo_name": "o/r1", "content": "x = \xff\xfe 1"}\n')
+    rc, so, se = run_prepare(f'--input={p}', f'--out_dir={tmp_path / "out"}', '--task=icc', '--max_len=64')
+    assert rc == 1 and se.strip().splitlines()[-1].startswith(f'error: {p}:5: malformed JSON')
+    assert 'Traceback' not in se and not (tmp_path / 'out' / 'icc' / 'manifest.json').exists()
+    rc, so, se = run_prepare(f'--input={p}', f'--out_dir={tmp_path / "out"}', '--task=icc', '--max_len=64',
+                             '--skip_bad_lines=true', '--val_fraction=0.3')
+    assert rc == 0, se
+    assert 'skipped 1 malformed lines; replaced undecodable bytes in 1 lines' in so
+    m = json.load(open(tmp_path / 'out' / 'icc' / 'manifest.json'))
+    assert m['stats']['files'] == 12 and m['stats']['repositories'] == 3
+
+
+@pytest.mark.parametrize('case', ['empty_dir', 'no_usable', 'missing_field', 'missing_input', 'bad_task'])
+def test_bad_corpus_errors(tmp_path, case):
+    inp = tmp_path / 'in'
+    if case == 'empty_dir':
+        inp.mkdir()
+        expect = 'empty corpus'
+    elif case == 'no_usable':
+        (inp / 'repo').mkdir(parents=True)
+        (inp / 'repo' / 'x.py').write_bytes(b'\0\0\0')
+        expect = 'no usable source file in any repository'
+    elif case == 'missing_field':
+        inp = tmp_path / 'in.jsonl'
+        inp.write_text(json.dumps({'repo_name': 'a', 'body': 'x'}) + '\n')
+        expect = 'in.jsonl:1: expected a repository field'
+    elif case == 'missing_input':
+        expect = 'not found'
+    else:
+        expect = "--task='nope': expected one of"
+    args = [f'--input={inp}', f'--out_dir={tmp_path / "out"}', '--task=nope' if case == 'bad_task' else '--task=icc']
+    rc, so, se = run_prepare(*args)
+    assert rc == 1 and expect in se and 'Traceback' not in se
+    assert not list((tmp_path / 'out').rglob('*.tmp')) if (tmp_path / 'out').exists() else True
+
+
+def test_synthconl_task(tmp_path):
+    rows = []
+    for i, (a, b) in enumerate([(FUNC, OTHER), (FUNC.replace('result', 'res'), THIRD), (OTHER, THIRD),
+                                (THIRD, FUNC + '#'), (THIRD.replace('items', 'xs'), OTHER.replace('key', 'k'))]):
+        rows.append({'repository_name': f'o/r{i}', 'func_path_in_repository': 'a.py', 'language2': 'Go',
+                     'func2': b, 'language1_CSN': 'Python', 'func1_CSN': a,
+                     'func_documentation_string': f'Doc {i}.', 'func_code_url': f'u{i}'})
+    p = tmp_path / 'synth.jsonl'
+    p.write_text(''.join(json.dumps(r) + '\n' for r in rows))
+    rc, so, se = run_prepare('--task=synthconl', f'--input={p}', f'--out_dir={tmp_path / "out"}', '--num_proc=1')
+    assert rc == 0, se
+    assert 'removed 2 of 5 rows' in so  # row 1 ~ row 0 and row 4 ~ row 3 in func1_CSN; rows 2, 3 share
+    # THIRD but in different columns, which is not a duplicate
+    pairs = data.read_pairs(str(tmp_path / 'out' / 'synthconl' / 'train.jsonl'))
+    assert [p['id'] for p in pairs] == ['u0#text', 'u0#code', 'u2#text', 'u2#code', 'u3#text', 'u3#code']
+    assert pairs[1]['query_lang'] == 'python' and pairs[1]['code_lang'] == 'go'
+    bad = tmp_path / 'bad.jsonl'
+    bad.write_text(json.dumps({k: v for k, v in rows[0].items() if k != 'language2'}) + '\n')
+    rc, so, se = run_prepare('--task=synthconl', f'--input={bad}', f'--out_dir={tmp_path / "out"}')
+    assert rc == 1 and f"error: {bad}:1: missing column 'language2'" in se
+
+
+def test_codesearchnet_task(tmp_path):
+    code = 'def f(x):\n    """Add one to x and return it."""\n    y = x + 1\n    return y\n'
+    row = {'repo': 'o/r', 'path': 'a.py', 'func_name': 'f', 'original_string': code, 'language': 'python',
+           'code': code, 'code_tokens': [], 'docstring': 'Add one to x and return it.',
+           'docstring_tokens': ['Add', 'one', 'to', 'x', 'and', 'return', 'it', '.'], 'url': 'u', 'partition': 'train'}
+    p = tmp_path / 'python_train_0.jsonl'
+    p.write_text(json.dumps(row) + '\n')
+    rc, so, se = run_prepare('--task=retrieval', f'--input={p}', f'--out_dir={tmp_path / "out"}')
+    assert rc == 0, se
+    (pair,) = data.read_pairs(str(tmp_path / 'out' / 'retrieval' / 'codesearchnet.jsonl'))
+    assert pair['query'] == 'Add one to x and return it .' and pair['code'] == 'def f(x):\n    y = x + 1\n    return y\n'
