@@ -237,6 +237,7 @@ def test_minhash_dedup_rows():
     kept, st = prepare.minhash_dedup([col1, col2], 0.7)
     # row 2 exact copy of row 0, row 3 near copy, row 4 repeats row 1's second column, row 5 ~ row 1
     assert kept == [0, 1] and st['removed'] == 4
+    assert prepare.minhash_dedup([col1, col2], 0.7, procs=2, chunk=2)[0] == kept  # chunks hashed by workers
     kept, _ = prepare.minhash_dedup([[FUNC, OTHER, THIRD], ['x1 ' * 9, 'y2 ' * 9, 'z3 ' * 9]], 0.7)
     assert kept == [0, 1, 2]  # distinct rows are all kept
 
@@ -268,11 +269,15 @@ def corpus(tmp_path_factory):
     return d
 
 
+def build_args(corpus, out):
+    return [f'--input={corpus}', f'--out_dir={out}', '--max_len=512', '--val_fraction=0.2', '--heldout_fraction=0.2',
+            '--num_proc=2']
+
+
 @pytest.fixture(scope='module')
 def built(corpus, tmp_path_factory):
     out = tmp_path_factory.mktemp('out')
-    rc, so, se = run_prepare(f'--input={corpus}', f'--out_dir={out}', '--max_len=512', '--val_fraction=0.2',
-                             '--heldout_fraction=0.2', '--num_proc=2')
+    rc, so, se = run_prepare(*build_args(corpus, out))
     assert rc == 0, se
     return out, so
 
@@ -300,9 +305,9 @@ def test_icc_end_to_end(built):
 
 def test_icc_rerun_reuses_and_interrupted_run_is_cleaned(built, corpus):
     out, _ = built
-    args = (f'--input={corpus}', f'--out_dir={out}', '--max_len=512', '--val_fraction=0.2', '--task=icc')
-    rc, so, se = run_prepare(*args)
-    assert rc == 0 and 'reusing it' in so and 'tokenise' not in se
+    args = build_args(corpus, out) + ['--task=icc']
+    rc, so, se = run_prepare(*args[:-1])  # task=all: every part is reused
+    assert rc == 0 and so.count('reusing it') == 3 and 'tokenise' not in se and 'functions:' not in so
     icc = out / 'icc'
     before = json.load(open(icc / 'manifest.json'))
     # an interrupted run: manifest gone, a temp file and a stray shard left
