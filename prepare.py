@@ -42,7 +42,10 @@ same kinds of pairs from real local code, CodeSearchNet's way):
 Splits are by repository everywhere: no repository on two sides; a pair across two splits is dropped.
 
 Near-deduplication (paper 5): MinHash LSH (datasketch), Jaccard threshold 0.7, 256 permutations,
-character 5-grams. Signatures are computed in numpy with datasketch's own "affine32" permutations
+character 5-grams, over both code columns of SynthCoNL: rows are visited in order and a row is
+dropped when its func1_CSN is a near-duplicate of the func1_CSN of a row already kept, or its func2
+of a kept row's func2 (the paper dedups "using both" columns; a match across columns, e.g. a
+translation back into the other column's language, is not counted). Signatures are computed in numpy with datasketch's own "affine32" permutations
 (equal to datasketch's MinHash.update_batch), in worker processes; LSH insert/query on the main one.
 """
 import hashlib
@@ -960,6 +963,6 @@ if __name__ == '__main__':
                 build_finetune(repos, {'all': ('retrieval', 'clone')}.get(task, (task,)), source, fingerprint)
             if task == 'dedup-bench':
                 run_dedup_bench(repos)
-    except (ValueError, FileNotFoundError, ImportError, OSError) as e:
+    except (ValueError, FileNotFoundError, ImportError, OSError, RuntimeError) as e:
         sys.exit(f"error: {e}")
     say(f"done in {time.time() - t_start:.1f}s")

@@ -438,3 +438,21 @@ def test_codesearchnet_task(tmp_path):
     assert rc == 0, se
     (pair,) = data.read_pairs(str(tmp_path / 'out' / 'retrieval' / 'codesearchnet.jsonl'))
     assert pair['query'] == 'Add one to x and return it .' and pair['code'] == 'def f(x):\n    y = x + 1\n    return y\n'
+
+
+def test_icc_with_a_starcoder2_style_tokenizer(tmp_path):
+    """--tokenizer=<dir of vocab.json + merges.txt>: ids fit its n_vocab, and loading the data with
+    another tokenizer stops with a clear error."""
+    from test_tokenizer import train_hf_bpe
+    train_hf_bpe(tmp_path / 'tok')
+    for p in ('json', 'html'):
+        shutil.copytree(os.path.join(STDLIB, p), tmp_path / 'corpus' / p, ignore=shutil.ignore_patterns('__pycache__'))
+    rc, so, se = run_prepare(f'--input={tmp_path / "corpus"}', f'--out_dir={tmp_path / "out"}', '--task=icc',
+                             f'--tokenizer={tmp_path / "tok"}', '--max_len=256', '--val_fraction=0.5')
+    assert rc == 0, se
+    tok = get_tokenizer(str(tmp_path / 'tok'))
+    ds = data.load_icc(str(tmp_path / 'out'), 'train', tok_meta=tok, vocab_size=tok.n_vocab)
+    seq, _ = ds.get(0)
+    assert seq[0] == tok.sep_id == 1200 and seq[-1] == tok.cls_id and seq.max() < tok.n_vocab
+    with pytest.raises(ValueError, match="built with another tokenizer: name is 'starcoder2' there"):
+        data.load_icc(str(tmp_path / 'out'), 'train', tok_meta=get_tokenizer())
