@@ -31,8 +31,10 @@ same kinds of pairs from real local code, CodeSearchNet's way):
 - code-code: pairs of real functions that are near-duplicates of each other (MinHash, Jaccard of
   character 5-grams >= 0.7) but not identical text once docstrings are removed: vendored copies in
   other versions (pip/_vendor vs the standalone package), "Copied from" model code in transformers,
-  ports between packages, sibling implementations. Both sides are real code, like SynthCoNL's
-  "same task, different code" pairs (there across languages, here Python-Python). Each function is
+  ports between packages, overrides of one method in sibling classes. Both functions must have the
+  same name, so that a pair is one function in two places rather than look-alike siblings
+  (pad_start / pad_end). Both sides are real code, like SynthCoNL's "same task, different code"
+  pairs (there across languages, here Python-Python). Each function is
   in at most one pair (a greedy matching, most similar first), so a cluster of look-alike
   functions does not fill a batch with false negatives.
 - clone detection: positives are near-duplicate function pairs (each function in at most 3) plus
@@ -123,7 +125,7 @@ def check_source(raw, path=''):
     if GENERATED.search('\n'.join(text[:3000].split('\n')[:5])):  # a marker in the first lines
         return None, 'generated'
     lines = text.count('\n') + 1
-    if len(text) / lines > 200 or (path.endswith('.js') and len(text) > 5000 and lines < 5):
+    if len(text) > 2000 and len(text) / lines > 200:  # minified code or data, not lines a person wrote
         return None, 'minified'
     return text, None
 
@@ -638,8 +640,8 @@ def build_finetune(repos, which, source, fingerprint):
             if split_of[fa['repo']] != split_of[fb['repo']]:
                 dropped += 1
                 continue
-            if a in used or b in used:
-                continue
+            if a in used or b in used or fa['name'] != fb['name']:
+                continue  # same name: one function in two places, not look-alike siblings (pad_start/pad_end)
             ca, cb = strip_docstring(fa['original_string']), strip_docstring(fb['original_string'])
             if normalized(ca) == normalized(cb) or code_lines(ca) < 3 or code_lines(cb) < 3:
                 continue
@@ -671,11 +673,12 @@ def build_finetune(repos, which, source, fingerprint):
                     n_pos.get(a, 0) < 3 and n_pos.get(b, 0) < 3:
                 pos[split_of[funcs[fa]['repo']]].append((fa, fb))
                 n_pos[a], n_pos[b] = n_pos.get(a, 0) + 1, n_pos.get(b, 0) + 1
-        for g in ok:  # identical copies (type-1 clones): at most 3 pairs per group
-            m = reps[g]
-            for x, y in list(zip(m, m[1:]))[:3]:
-                if split_of[funcs[x]['repo']] == split_of[funcs[y]['repo']]:
-                    pos[split_of[funcs[x]['repo']]].append((x, y))
+        for g in ok:  # identical copies in two files (type-1 clones): at most 3 pairs per group
+            m = [k for k in reps[g]]
+            copies = [(x, y) for x, y in zip(m, m[1:]) if (funcs[x]['repo'], funcs[x]['path']) !=
+                      (funcs[y]['repo'], funcs[y]['path']) and split_of[funcs[x]['repo']] == split_of[funcs[y]['repo']]]
+            for x, y in copies[:3]:
+                pos[split_of[funcs[x]['repo']]].append((x, y))
         by_split = {s: [g for g in ok if split_of[funcs[reps[g][0]]['repo']] == s] for s in splits}
         bdir = os.path.join(out_dir, 'bigclonebench')
         os.makedirs(bdir, exist_ok=True)
