@@ -180,7 +180,8 @@ def peak_flops(device, dtype=torch.float32, cache_dir=os.path.expanduser('~/.cac
         except (OSError, json.JSONDecodeError):
             cache = {}
     if key not in cache:
-        a, b = torch.randn(2048, 2048, dtype=dtype), torch.randn(2048, 2048, dtype=dtype)
+        g = torch.Generator().manual_seed(0)  # never draw from the global RNG: runs must not depend on the cache
+        a, b = (torch.randn(2048, 2048, generator=g).to(dtype) for _ in range(2))
         a @ b
         t0, n = time.perf_counter(), 8
         for _ in range(n):

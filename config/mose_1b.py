@@ -22,3 +22,9 @@ embd_dropout = 0.1
 init_std = 0.018042
 exit_layers = [4, 9, 18, 27, 36]
 conditional_size = 4
+
+# batch (the schedule and optimiser defaults of pretrain.py are the paper's)
+block_size = 2048
+batch_size = 8                  # per GPU; accum = 4,194,304 / (8 x 2,048 x world): 32 on one 8-GPU node
+total_batch_tokens = 4_194_304
+max_steps = 245_000

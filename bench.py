@@ -1,0 +1,139 @@
+"""
+Times the pre-training step (forward, backward, optimiser) and prints tokens/s and MFU; when
+transformers is installed, times the same configuration built on transformers'
+Starcoder2Model (made bidirectional, with the same heads and loss) in the same run.
+
+    python bench.py config/mose_tiny.py                 # CPU, fp32
+    python bench.py config/mose_1b.py --batch_size=8 --block_size=2048 --compile=true   # one GPU, bf16
+"""
+import os
+import time
+from contextlib import nullcontext
+
+import torch
+import torch.nn.functional as F
+
+from model import MoSE, MoSEConfig
+from training import mask_tokens, peak_flops
+
+# -----------------------------------------------------------------------------
+batch_size = 8
+block_size = 512
+steps = 5                 # timed steps
+warmup = 2                # untimed steps first (allocator, compile)
+vocab_size = 100281       # cl100k_base + 4 added tokens (49156 for the released tokenizer)
+device = 'cuda' if torch.cuda.is_available() else 'cpu'
+dtype = 'auto'            # bfloat16 autocast on GPUs that support it, float32 on CPU
+compile = False
+compare_transformers = True
+seed = 1337
+# model (MoSEConfig defaults: the released 1B; a config file overrides them)
+n_layer = 36
+n_embd = 1024
+n_head = 16
+n_kv_head = 4
+intermediate_size = 12288
+rope_theta = 999999.4420358813
+norm_eps = 1e-5
+bias = True
+attn_dropout = 0.0
+resid_dropout = 0.0
+embd_dropout = 0.0
+init_std = 0.018042
+exit_layers = [4, 9, 18, 27, 36]
+conditional_size = 4
+# keys the pre-training configs also set; unused here
+total_batch_tokens = 0
+max_steps = 0
+log_interval = 0
+learning_rate = 0.0
+exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
+# -----------------------------------------------------------------------------
+
+device_type = 'cuda' if device.startswith('cuda') else 'cpu'
+if dtype == 'auto':
+    dtype = 'bfloat16' if device_type == 'cuda' and torch.cuda.is_bf16_supported() else 'float32'
+ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}[dtype]
+autocast = nullcontext() if ptdtype == torch.float32 else torch.autocast(device_type, dtype=ptdtype)
+if device_type == 'cuda':
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+torch.manual_seed(seed)
+
+cfg = MoSEConfig(vocab_size=vocab_size, n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_kv_head=n_kv_head,
+                 intermediate_size=intermediate_size, rope_theta=rope_theta, max_seq_len=block_size, norm_eps=norm_eps,
+                 bias=bias, attn_dropout=attn_dropout, resid_dropout=resid_dropout, embd_dropout=embd_dropout,
+                 init_std=init_std, exit_layers=exit_layers, conditional_size=conditional_size, pad_id=vocab_size - 1)
+model = MoSE(cfg).to(device)
+SPECIALS = {vocab_size - 4, vocab_size - 3, vocab_size - 2, vocab_size - 1}  # sep, cls, mask, pad
+g = torch.Generator().manual_seed(seed)
+idx = torch.randint(0, vocab_size - 4, (batch_size, block_size), generator=g)
+idx[:, -1] = vocab_size - 3  # <cls> last
+inputs, positions, targets = mask_tokens(idx, SPECIALS, vocab_size, vocab_size - 2, g)
+labels = torch.randint(0, 2, (batch_size,), generator=g)
+batch = [t.to(device) for t in (inputs, positions, targets, labels)]
+flops_per_step = 3 * model.estimate_flops(block_size, mlm_tokens=len(targets) / batch_size) * batch_size
+peak = peak_flops(device, ptdtype if device_type == 'cpu' else torch.bfloat16)
+
+
+def time_steps(step_fn, params, name):
+    opt = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.95), eps=1e-6, fused=device_type == 'cuda')
+    times = []
+    for i in range(warmup + steps):
+        if device_type == 'cuda':
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        with autocast:
+            loss = step_fn()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if device_type == 'cuda':
+            torch.cuda.synchronize()
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    dt = sorted(times)[len(times) // 2]  # median step
+    tok_s = batch_size * block_size / dt
+    mfu = flops_per_step / dt / peak if peak else float('nan')
+    print(f"{name:>14}: {dt * 1000:8.1f} ms/step | {tok_s:10,.0f} tok/s | mfu {100 * mfu:5.1f}% | loss {loss.item():.4f}")
+    return dt
+
+
+print(f"device {device} ({torch.cuda.get_device_name(device) if device_type == 'cuda' else 'cpu'}), {dtype}, "
+      f"{torch.get_num_threads()} threads, batch {batch_size} x {block_size}, {model.num_params() / 1e6:.1f}M parameters, "
+      f"peak {peak / 1e12 if peak else float('nan'):.2f} TFLOP/s")
+ours_step = torch.compile(model.pretrain_loss) if compile else model.pretrain_loss
+dt_ours = time_steps(lambda: ours_step(batch[0], None, *batch[1:])[0], list(model.parameters()), 'model.py')
+
+try:
+    import transformers
+except ImportError:
+    transformers = None
+if compare_transformers and transformers is not None:
+    hf_cfg = transformers.Starcoder2Config(
+        vocab_size=cfg.padded_vocab_size, hidden_size=n_embd, intermediate_size=intermediate_size, num_hidden_layers=n_layer,
+        num_attention_heads=n_head, num_key_value_heads=n_kv_head, max_position_embeddings=block_size,
+        rope_theta=rope_theta, use_bias=bias, norm_epsilon=norm_eps, sliding_window=None, residual_dropout=resid_dropout,
+        embedding_dropout=embd_dropout, attention_dropout=attn_dropout, hidden_act='gelu_pytorch_tanh',
+        bos_token_id=None, eos_token_id=None, pad_token_id=None)
+    hf_cfg.is_causal = False  # bidirectional: transformers builds no causal mask ...
+    hf = transformers.Starcoder2Model(hf_cfg).to(device)
+    for layer in hf.layers:
+        layer.self_attn.is_causal = False  # ... and SDPA is not told to apply one
+    hf.load_state_dict({k: v for k, v in model.state_dict().items() if k.split('.')[0] in ('embed_tokens', 'layers', 'norm')})
+    heads = [model.exit_embedding, model.mlm_head, model.icc_head]  # the same heads and loss as model.py
+
+    def hf_loss():
+        hs = hf(input_ids=batch[0], output_hidden_states=True).hidden_states
+        total = 0.0
+        for e in cfg.exit_layers:
+            total = total + e / n_layer * (F.cross_entropy(model.mlm_logits(hs[e], e, batch[1]).float(), batch[2]) +
+                                           F.cross_entropy(model.icc_logits(hs[e], e).float(), batch[3]))
+        return total
+
+    with torch.no_grad(), autocast:  # same function first
+        diff = (hf_loss() - model.pretrain_loss(batch[0], None, *batch[1:])[0]).abs().item()
+    print(f"loss difference model.py vs transformers: {diff:.2e}")
+    hf_step = torch.compile(hf_loss) if compile else hf_loss
+    dt_hf = time_steps(hf_step, list(hf.parameters()) + [p for h in heads for p in h.parameters()], 'transformers')
+    print(f"model.py is {dt_hf / dt_ours:.2f}x transformers' Starcoder2Model on this step")
