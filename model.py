@@ -397,17 +397,17 @@ class MoSE(nn.Module):
 
     @classmethod
     def load(cls, path, map_location='cpu'):
-        """Load a file written by `save` (or a training checkpoint with 'model' and
-        'config'); never executes code from it (weights_only=True)."""
+        """Load a file written by `save` or a training checkpoint ('model' and 'model_config');
+        never executes code from it (weights_only=True)."""
         if not os.path.isfile(path):
             raise FileNotFoundError(f"checkpoint {path} not found")
         try:
             ckpt = torch.load(path, map_location=map_location, weights_only=True)
         except Exception as e:
             raise ValueError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from None
-        if not isinstance(ckpt, dict) or 'model' not in ckpt or 'config' not in ckpt:
-            raise ValueError(f"{path}: expected a checkpoint dict with 'model' and 'config' keys")
-        model = cls(config_from_dict(ckpt['config'], where=path))
+        if not isinstance(ckpt, dict) or 'model' not in ckpt or not ({'config', 'model_config'} & set(ckpt)):
+            raise ValueError(f"{path}: expected a checkpoint dict with 'model' and 'model_config' (or 'config') keys")
+        model = cls(config_from_dict(ckpt.get('model_config', ckpt.get('config')), where=path))
         load_state(model, ckpt['model'], where=path)
         return model
 

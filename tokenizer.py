@@ -37,6 +37,10 @@ GPT2_PAT = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(
 GPT2_DIGITS_PAT = r"""\p{N}|'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?[^\s\p{L}\p{N}]+|\s+(?![^\s\p{N}])|\s+"""
 
 CL100K_URL = "https://openaipublic.blob.core.windows.net/encodings/cl100k_base.tiktoken"
+# instruction prompts of the released fine-tuned retrieval models (exact text)
+CODE_INSTRUCTION = 'Represent this {language} code snippet for retrieval:'
+QUERY_INSTRUCTION = 'Represent this code description for retrieving supporting snippets of code:'
+
 CL100K_EXTRA = {'<sep>': 100277, '<cls>': 100278, '<mask>': 100279, '<pad>': 100280}
 META_FIELDS = ('name', 'n_vocab', 'sep_id', 'cls_id', 'mask_id', 'pad_id', 'bpe_sha256')
 
@@ -127,6 +131,15 @@ class Tokenizer:
                 tlen[i] = len(s.encode())
             self._tlen = tlen
         return self._tlen
+
+    # retrieval inputs of the released fine-tuned models: <sep>{instruction}<sep>{text}<cls> (paper 4.1)
+    def code_input(self, code, language, max_len=None):
+        """A code snippet for retrieval; `language` is lower-cased as the released models do."""
+        return self.pair(CODE_INSTRUCTION.format(language=language.lower()), code, max_len)
+
+    def query_input(self, text, max_len=None):
+        """A natural-language description for retrieval."""
+        return self.pair(QUERY_INSTRUCTION, text, max_len)
 
     def meta(self):
         """JSON-able fingerprint, stored next to every dataset built with this tokenizer."""
