@@ -375,18 +375,29 @@ class MoSE(nn.Module):
 
     # --- truncation, save, load ---------------------------------------------
 
-    def truncated(self, exit):
-        """A model holding only the blocks and heads up to `exit`, for deployment. Its
-        exits are the configured exits <= `exit`, with the same representations as here."""
+    def truncated(self, exit, keep_exits=None):
+        """A model holding only the blocks and heads up to `exit`, for deployment. Its exits are
+        `keep_exits` (default: the configured exits <= `exit`), with the same representations as
+        here; exit-indexed tensors (exit embedding rows, per-exit heads) follow their exits."""
         self.exit_index(exit)
-        cfg = MoSEConfig(**{**asdict(self.config), 'n_layer': exit,
-                            'exit_layers': tuple(e for e in self.config.exit_layers if e <= exit),
+        keep = [e for e in self.config.exit_layers if e <= exit] if keep_exits is None else sorted(keep_exits)
+        if not keep or keep[-1] != exit:
+            raise ValueError(f"keep_exits {keep} must end with the truncation exit {exit}")
+        rows = [self.exit_index(e) for e in keep]
+        cfg = MoSEConfig(**{**asdict(self.config), 'n_layer': exit, 'exit_layers': tuple(keep),
                             'final_norm': self.config.final_norm and exit == self.config.n_layer})
         small = MoSE(cfg)
-        sd, keep = self.state_dict(), small.state_dict()
-        # every tensor of the small model exists here; the exit-indexed ones keep their first rows/heads
-        load_state(small, {k: sd[k][:len(cfg.exit_layers)] if k == 'exit_embedding.weight' else sd[k] for k in keep},
-                   where='truncated')
+        sd = {}
+        for k in small.state_dict():
+            head, _, rest = k.partition('.')
+            if k == 'exit_embedding.weight':
+                sd[k] = self.exit_embedding.weight[rows]
+            elif head in ('proj', 'classifier'):  # '<head>.<i>.<param>': the i-th kept exit's head
+                i, _, param = rest.partition('.')
+                sd[k] = self.state_dict()[f"{head}.{rows[int(i)]}.{param}"]
+            else:
+                sd[k] = self.state_dict()[k]
+        load_state(small, sd, where='truncated')
         return small.to(next(self.parameters()).dtype).train(self.training)
 
     def save(self, path):

@@ -240,6 +240,17 @@ def test_truncation_keeps_outputs_and_drops_weights(model, tmp_path):
     assert torch.equal(again(idx)[4], full[4])
 
 
+def test_truncation_to_a_single_exit_keeps_its_heads():
+    torch.manual_seed(0)
+    m = randomize(MoSE(tiny_config(proj_heads=True))).eval()
+    idx = torch.randint(1, 100, (2, 9))
+    small = m.truncated(4, keep_exits=[4])
+    assert small.config.exit_layers == (4,) and len(small.proj) == 1
+    assert torch.equal(small.encode(idx, 4), m.encode(idx, 4))
+    h = m(idx)[4]
+    assert torch.equal(small.icc_logits(h, 4), m.icc_logits(h, 4))  # exit-4 embedding row kept
+
+
 def test_vocab_rows_are_padded_when_loading(model):
     assert model.config.padded_vocab_size == 128
     sd = {k: v.clone() for k, v in model.state_dict().items()}
