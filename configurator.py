@@ -11,6 +11,7 @@ Where nanoGPT is loose this is strict:
 - a key that is not a default (in a file or on the command line) is an error that
   names the key and the nearest known keys;
 - a value is split on the first '=' only, so --init_from=path=with=equals works;
+  '--key value' (two arguments) means the same as '--key=value';
 - values are parsed with ast.literal_eval; a bare word is a string; true/false are
   booleans; an int is accepted where the default is a float (promoted);
 - a value of the wrong type is an error that says which type was expected.
@@ -68,7 +69,13 @@ def apply_config(argv, config):
     """Apply config files and --key=value overrides in `argv` to the dict `config`.
     Returns a new dict; raises ConfigError with a one-line message on any bad input."""
     config = dict(config)
-    for arg in argv:
+    argv, joined = list(argv), []
+    while argv:  # '--key value' is read as '--key=value' (python finetune.py --task clone)
+        arg = argv.pop(0)
+        if arg.startswith('--') and '=' not in arg and argv and not argv[0].startswith('--'):
+            arg = f"{arg}={argv.pop(0)}"
+        joined.append(arg)
+    for arg in joined:
         if not arg.startswith('--'):
             if not os.path.isfile(arg):
                 raise ConfigError(f"config file {arg!r} not found (expected a path like config/mose_tiny.py "
@@ -89,7 +96,7 @@ def apply_config(argv, config):
         else:
             key, eq, text = arg[2:].partition('=')
             if not eq:
-                raise ConfigError(f"argument {arg!r}: expected --key=value")
+                raise ConfigError(f"argument {arg!r}: expected --key=value or --key value")
             if key not in config:
                 raise ConfigError(f"argument {arg!r}: unknown config key {key!r}{_nearest(key, config)}")
             config[key] = _coerce(key, _parse_literal(text), config[key], f"argument {arg!r}")

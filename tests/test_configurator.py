@@ -36,13 +36,18 @@ def test_overrides(arg, key, value):
     ('--batch_size=4.5', r"batch_size expects int like 8, got float 4.5"),
     ('--compile=1', r"compile expects a bool \(true/false\), got 1"),
     ('--learning_rate=fast', r"learning_rate expects float like 0.0006, got str 'fast'"),
-    ('--batch_size', r"expected --key=value"),
+    ('--batch_size', r"expected --key=value or --key value"),
     ('--exit_layers=4', r"exit_layers expects list"),
     ('nope.py', r"config file 'nope.py' not found"),
 ])
 def test_errors(arg, pattern):
     with pytest.raises(ConfigError, match=pattern):
         apply_config([arg], DEFAULTS)
+
+
+def test_space_separated_values():
+    out = apply_config(['--device', 'cuda', '--batch_size', '4', '--compile=false'], DEFAULTS)
+    assert (out['device'], out['batch_size'], out['compile']) == ('cuda', 4, False)
 
 
 def test_config_file_then_override(tmp_path):
