@@ -265,7 +265,11 @@ def _bpe_from_dir(path):
         tj = _read_json(tj_path)
         for t in tj.get('added_tokens') or []:
             specials[t['content']] = t['id']
-        if '"individual_digits": true' in json.dumps(tj.get('pre_tokenizer'), separators=(',', ': ')):
+        pre = json.dumps(tj.get('pre_tokenizer'), separators=(',', ': '))
+        if tj.get('normalizer') or '"add_prefix_space": true' in pre:
+            raise ValueError(f"{tj_path}: a normalizer or add_prefix_space=true is not supported (StarCoder-2 uses "
+                             f"neither): tiktoken would give other ids than this tokenizer")
+        if '"individual_digits": true' in pre:
             pat_str = GPT2_DIGITS_PAT  # StarCoder-2: Digits(individual_digits=True) before ByteLevel
     at_path = os.path.join(path, 'added_tokens.json')
     if os.path.isfile(at_path):

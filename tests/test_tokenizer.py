@@ -179,3 +179,12 @@ def test_bad_tokenizer_names(tmp_path):
     with pytest.raises(FileNotFoundError, match="vocab.json: not found"):
         get_tokenizer(str(tmp_path))
     assert isinstance(get_tokenizer(), Tokenizer)
+
+
+def test_bpe_unsupported_tokenizer_json(tmp_path):
+    train_hf_bpe(tmp_path, digits=True)
+    tj = json.load(open(tmp_path / 'tokenizer.json'))
+    tj['normalizer'] = {'type': 'NFKC'}
+    json.dump(tj, open(tmp_path / 'tokenizer.json', 'w'))
+    with pytest.raises(ValueError, match="tokenizer.json: a normalizer or add_prefix_space=true is not supported"):
+        get_tokenizer(str(tmp_path))
