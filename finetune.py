@@ -1,0 +1,447 @@
+"""
+Multi-exit fine-tuning of a pre-trained MoSE (paper 4.1, 4.2, 6.3).
+
+Text-to-code + code-to-code retrieval:  python finetune.py --task retrieval
+Clone detection (BigCloneBench format): python finetune.py --task clone
+On 8 GPUs:                              torchrun --nproc_per_node=8 finetune.py --task retrieval --batch_size=256
+Single-exit baseline (paper 6.3):       python finetune.py --task retrieval --single_exit 9
+From a released checkpoint:             python finetune.py --task retrieval --init_from path/to/ModularStarEncoder \
+                                            --tokenizer path/to/starcoder2-tokenizer
+
+Retrieval: inputs `<sep>{instruction}<sep>{text}<cls>` with the released instructions; one
+projection head per exit; a CLIP loss (symmetric cross-entropy over the in-batch similarity
+matrix of cosines x `logit_scale`) at every exit, weighted by depth as in pre-training; every
+batch holds text-to-code and code-to-code pairs in equal numbers; 30% of code snippets are
+augmented. Under DDP the embeddings of all ranks are gathered so that every loss sees the whole
+global batch of negatives; with gradient accumulation the same holds through GradCache (Gao et
+al. 2021): embeddings first, then the loss's gradient w.r.t. them, then each micro-batch again.
+Clone: `<sep>{snippet 1}<sep>{snippet 2}<cls>` and one binary classifier per exit on <cls>.
+"""
+import os
+import re
+import string
+import sys
+import time
+from collections import Counter
+from contextlib import nullcontext
+from dataclasses import replace
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+WORD = re.compile(r'\b[A-Za-z_][A-Za-z0-9_]*\b')
+
+
+def augment_code(code, rng):
+    """Paper 4.1: every word that occurs more than twice and has at least 3 characters is
+    replaced by a random string, the same one at each occurrence. Only code goes through this."""
+    counts = Counter(WORD.findall(code))
+    frequent = sorted(w for w, c in counts.items() if c > 2 and len(w) >= 3)
+    new = {}
+    for w in frequent:
+        while True:
+            s = rng.choice(list(string.ascii_letters)) + ''.join(
+                rng.choice(list(string.ascii_letters + string.digits), size=int(rng.integers(2, 10))))
+            if s not in counts and s not in new.values():
+                break
+        new[w] = s
+    return WORD.sub(lambda m: new.get(m.group(0), m.group(0)), code) if new else code
+
+
+def clip_loss(q, c, scale):
+    """CLIP loss (Radford et al. 2021): q, c (N, D) L2-normalised, row i of q matches row i of c;
+    symmetric cross-entropy over the (N, N) scaled cosine matrix. Also returns top-1 accuracy."""
+    logits = scale * q @ c.T                                     # (N, N)
+    labels = torch.arange(len(q), device=q.device)
+    loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+    return loss, (logits.argmax(1) == labels).float().mean()
+
+
+def gather_rows(z):
+    """(b, D) on each rank -> (world * b, D) in rank order; this rank's rows keep their graph, so
+    gradients flow back to each rank's own part (the others are constants here)."""
+    if not dist.is_initialized():
+        return z
+    parts = [torch.empty_like(z) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, z.detach().contiguous())
+    parts[dist.get_rank()] = z
+    return torch.cat(parts)
+
+
+def mrr(scores):
+    """scores (Q, N), query i's target is candidate i; rank = candidates scoring >= the target
+    (ties count against the model, the target counts itself); mean reciprocal rank."""
+    target = scores.diagonal()[:, None]
+    return (1.0 / (scores >= target).sum(1).float()).mean().item()
+
+
+def f1_binary(pred, gold):
+    tp = ((pred == 1) & (gold == 1)).sum().item()
+    p = tp / max((pred == 1).sum().item(), 1)
+    r = tp / max((gold == 1).sum().item(), 1)
+    return 2 * p * r / (p + r) if p + r else 0.0
+
+
+if __name__ == '__main__':
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    from data import load_bigclonebench, read_pairs
+    from model import MoSE, config_from_dict, config_to_dict, load_state
+    from tokenizer import check_tokenizer, get_tokenizer
+    from training import (EpochSampler, Objective, UserError, all_reduce_sum, batch_rows, gather_rng_states,
+                          left_pad, list_checkpoints, load_checkpoint, lr_at, rng_state, save_checkpoint,
+                          set_rng_state, setup_distributed, truncate_log)
+
+    # -------------------------------------------------------------------------
+    task = 'retrieval'               # 'retrieval' or 'clone'
+    # I/O
+    init_from = 'out/pretrain'       # a pre-training out_dir (its newest checkpoint), a checkpoint file, a released
+                                     # checkpoint dir (config.json + model.safetensors), or 'resume' (newest in out_dir)
+    out_dir = ''                     # default: out/finetune-{task}
+    tokenizer = 'cl100k_base'        # the pre-trained model's tokenizer
+    train_pairs = 'data/retrieval/train.jsonl'   # retrieval pairs from prepare.py (SynthCoNL, CodeSearchNet or local)
+    valid_pairs = 'data/retrieval/valid.jsonl'
+    bcb_dir = 'data/bigclonebench'   # clone: data.jsonl + train.txt / valid.txt
+    log_interval = 10
+    eval_interval = 200              # steps between validation passes (and at start / end)
+    eval_max = 1000                  # validation pairs per kind (retrieval: the candidate pool) or pairs (clone)
+    ckpt_interval = 200
+    keep_last = 2
+    # batch
+    batch_size = 32                  # pairs per micro-batch per process
+    total_batch = 2048               # pairs per step over all processes (paper: 2,048 retrieval, 64 clone)
+    max_len = 512                    # tokens per input, instruction and <cls> included
+    # objective
+    single_exit = 0                  # > 0: keep the first K layers and train one head on exit K (paper 6.3)
+    logit_scale = 10.0               # the paper's "temperature 10": cosine similarities x 10
+    augment_prob = 0.3               # fraction of code snippets whose frequent words are renamed (paper 4.1)
+    # optimiser (paper 4.1: constant 1e-5; 4.2: 1e-5 with 2,000 warmup steps, 14,000 steps)
+    learning_rate = 1e-5
+    warmup_steps = 0
+    max_steps = 1000
+    weight_decay = 0.1
+    beta1 = 0.9
+    beta2 = 0.95
+    eps = 1e-6
+    grad_clip = 1.0
+    dropout = 0.1                    # attention / residual / embedding dropout while fine-tuning
+    # system
+    device = 'cuda' if torch.cuda.is_available() else 'cpu'
+    dtype = 'auto'                   # bfloat16 autocast on GPUs that support it, float32 on CPU
+    compile = False
+    seed = 1337
+    # -------------------------------------------------------------------------
+    config_keys = [k for k, v in globals().items() if not k.startswith('_') and isinstance(v, (int, float, bool, str, list))]
+    exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
+    config = {k: globals()[k] for k in config_keys}
+    # -------------------------------------------------------------------------
+
+    def fail(msg):
+        sys.exit(f"error: {msg}")
+
+    if task not in ('retrieval', 'clone'):
+        fail(f"unknown task {task!r}: expected 'retrieval' or 'clone'")
+    out_dir = out_dir or f'out/finetune-{task}'
+    ddp, rank, local_rank, world_size, device = setup_distributed(device)
+    master = rank == 0
+    device_type = 'cuda' if device.startswith('cuda') else 'cpu'
+    if dtype == 'auto':
+        dtype = 'bfloat16' if device_type == 'cuda' and torch.cuda.is_bf16_supported() else 'float32'
+    ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}[dtype]
+    autocast = nullcontext() if ptdtype == torch.float32 else torch.autocast(device_type, dtype=ptdtype)
+    torch.manual_seed(seed + rank)
+    if total_batch % (batch_size * world_size):
+        fail(f"total_batch={total_batch} is not divisible by batch_size x world_size = {batch_size} x {world_size}")
+    grad_accum = total_batch // (batch_size * world_size)
+    if master:
+        print(f"pairs per step: {batch_size} x {grad_accum} (accum) x {world_size} (world) = {total_batch}")
+
+    # data
+    try:
+        tok = get_tokenizer(tokenizer)
+        if task == 'retrieval':
+            train_rows, valid_rows = read_pairs(train_pairs), read_pairs(valid_pairs)
+            streams = {k: [r for r in train_rows if r['kind'] == k] for k in ('text-code', 'code-code')}
+            streams = {k: v for k, v in streams.items() if v}
+            if len(streams) == 1 and master:
+                print(f"warning: {train_pairs} holds only {next(iter(streams))} pairs; batches cannot be balanced")
+            if batch_size % len(streams):
+                fail(f"batch_size={batch_size} must be even to hold both kinds of pairs in equal numbers")
+        else:
+            funcs, train_rows, skipped = load_bigclonebench(bcb_dir, 'train')
+            _, valid_rows, vskipped = load_bigclonebench(bcb_dir, 'valid')
+            if master and skipped + vskipped:
+                print(f"skipped {skipped} train / {vskipped} valid pairs whose ids are missing from {bcb_dir}/data.jsonl")
+            streams = {'clone': train_rows}
+    except (OSError, ValueError, UserError) as e:
+        fail(e)
+    orders = {k: EpochSampler(len(v), seed + i) for i, (k, v) in enumerate(streams.items())}
+    per_stream = batch_size // len(streams)
+
+    def get_batch(first):
+        """Micro-batch whose rows start at stream position `first` in each stream. Retrieval:
+        (idx (2b, T): b queries then b codes, None); clone: (idx (b, T), labels (b,))."""
+        queries, codes, labels = [], [], []
+        for name, rows in streams.items():
+            for g in range(first // len(streams), first // len(streams) + per_stream):
+                r = rows[orders[name](g)]
+                rng = np.random.default_rng([seed, g, len(name)])  # augmentation: a pure function of the position
+                if task == 'clone':
+                    codes.append(tok.pair(funcs[r[0]], funcs[r[1]], max_len))
+                    labels.append(r[2])
+                    continue
+                aug = lambda code: augment_code(code, rng) if rng.random() < augment_prob else code
+                codes.append(tok.code_input(aug(r['code']), r['code_lang'], max_len))
+                queries.append(tok.query_input(r['query'], max_len) if r['kind'] == 'text-code'
+                               else tok.code_input(aug(r['query']), r['query_lang'], max_len))
+        idx = left_pad([np.asarray(s) for s in queries + codes], tok.pad_id).to(device)
+        return idx, (torch.tensor(labels, device=device) if task == 'clone' else None)
+
+    # model
+    step, data_pos, ckpt = 0, 0, None
+    try:
+        if init_from == 'resume':
+            found = list_checkpoints(out_dir)
+            if not found:
+                fail(f"init_from='resume' but {out_dir} holds no checkpoint")
+            ckpt = load_checkpoint(found[-1])
+            model = MoSE(config_from_dict(ckpt['model_config'], where=found[-1]))
+            load_state(model, ckpt['model'], where=found[-1])
+            step, data_pos = ckpt['step'], ckpt['data_pos']
+            if master:
+                print(f"resuming from {found[-1]} at step {step}")
+        else:
+            if os.path.isfile(os.path.join(init_from, 'config.json')):   # a released checkpoint
+                pre = MoSE.from_pretrained(init_from, verbose=master)
+            else:
+                path = init_from
+                if os.path.isdir(init_from):
+                    found = list_checkpoints(init_from)
+                    if not found:
+                        fail(f"no pre-trained checkpoint in {init_from}: run `python pretrain.py config/mose_tiny.py` "
+                             f"first, or pass --init_from=<checkpoint or released model dir>")
+                    path = found[-1]
+                elif not os.path.isfile(init_from):
+                    fail(f"init_from={init_from!r} is neither a checkpoint file nor a directory; run "
+                         f"`python pretrain.py config/mose_tiny.py` first")
+                pre_ckpt = load_checkpoint(path)
+                if 'model_config' not in pre_ckpt:
+                    fail(f"{path}: not a MoSE training checkpoint (no 'model_config')")
+                pre = MoSE(config_from_dict(pre_ckpt['model_config'], where=path))
+                load_state(pre, pre_ckpt['model'], where=path)
+                if 'tokenizer' in pre_ckpt:
+                    check_tokenizer(pre_ckpt['tokenizer'], tok, path)
+                if master:
+                    print(f"initialised from {path} (step {pre_ckpt.get('step')})")
+                del pre_ckpt
+            if pre.config.vocab_size != tok.n_vocab:
+                fail(f"{init_from}: the model's vocab_size {pre.config.vocab_size} does not match tokenizer "
+                     f"{tokenizer!r} (n_vocab {tok.n_vocab})")
+            if single_exit:
+                pre = pre.truncated(single_exit, keep_exits=[single_exit])
+            cfg = replace(pre.config, proj_heads=task == 'retrieval', n_classes=2 if task == 'clone' else 0,
+                          attn_dropout=dropout, resid_dropout=dropout, embd_dropout=dropout)
+            model = MoSE(cfg)
+            ours = model.state_dict()
+            load_state(model, {k: v for k, v in pre.state_dict().items() if k in ours}, where=init_from, strict=False)
+            del pre
+    except (OSError, ValueError, UserError) as e:
+        fail(e)
+    if max_len > model.config.max_seq_len:
+        fail(f"max_len={max_len} exceeds the model's max_seq_len={model.config.max_seq_len}")
+    for name, p in model.named_parameters():  # the pre-training heads take no part in fine-tuning
+        p.requires_grad_(not name.startswith(('mlm_head.', 'icc_head.', 'exit_embedding.')))
+    model.to(device)
+    raw_model = model
+    exits = list(model.config.exit_layers)
+    weights = {e: e / exits[-1] for e in exits}  # deeper exits weigh more (paper 2.2), as in pre-training
+    optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), eps, device_type)
+    if ckpt is not None:
+        optimizer.load_state_dict(ckpt['optimizer'])
+        if len(ckpt['rng']) == world_size:
+            set_rng_state(ckpt['rng'][rank], device)
+        ckpt = None
+    objective = Objective(model, 'encode' if task == 'retrieval' else 'classify')
+    if compile:
+        objective = torch.compile(objective)
+    if ddp:
+        objective = DDP(objective, device_ids=[local_rank] if device_type == 'cuda' else None, broadcast_buffers=False)
+    if master:
+        print(f"{task}: {raw_model.num_params() / 1e6:.1f}M backbone parameters, exits {exits}, "
+              f"{sum(len(v) for v in streams.values()):,} training pairs")
+
+    def retrieval_loss(zq, zc):
+        """Weighted CLIP loss over the global batch. zq, zc: {exit: (n, D)}, gathered across ranks."""
+        total, stats = 0.0, []
+        for e in exits:
+            loss, acc = clip_loss(gather_rows(zq[e]), gather_rows(zc[e]), logit_scale)
+            total = total + weights[e] * loss
+            stats.append(torch.stack([loss.detach(), acc]))
+        return total, torch.stack(stats)                    # (n_exits, 2): loss, in-batch top-1 accuracy
+
+    def train_step(batches):
+        """Forward and backward of one step's micro-batches; returns (n_exits, 2) statistics."""
+        if task == 'clone':
+            stats = 0.0
+            for m, (idx, labels) in enumerate(batches):
+                if ddp:
+                    objective.require_backward_grad_sync = m == len(batches) - 1
+                with autocast:
+                    logits = objective(idx, exits)
+                total = 0.0
+                for j, e in enumerate(exits):
+                    loss = F.cross_entropy(logits[e].float(), labels)
+                    total = total + weights[e] * loss
+                    stats = stats + torch.stack([loss.detach(), (logits[e].argmax(1) == labels).float().mean()]) \
+                        * F.one_hot(torch.tensor(j), len(exits)).to(device)[:, None] / len(batches)
+                (total / len(batches)).backward()
+            return stats
+        # the loss of every rank is the same global loss; its gradient w.r.t. this rank's embeddings
+        # is exact, and DDP averages over ranks, hence the factor world_size
+        if len(batches) == 1:
+            idx, _ = batches[0]
+            with autocast:
+                z = objective(idx, exits)
+            n = len(idx) // 2
+            total, stats = retrieval_loss({e: z[e][:n] for e in exits}, {e: z[e][n:] for e in exits})
+            (total * world_size).backward()
+            return stats
+        states, cached = [], []  # GradCache: 1) embeddings without a graph
+        with torch.no_grad():
+            for idx, _ in batches:
+                states.append(rng_state(device))
+                with autocast:
+                    cached.append(objective(idx, exits))
+        z = {e: torch.cat([c[e] for c in cached]).requires_grad_(True) for e in exits}  # (accum * 2b, D)
+        n = batch_size  # rows per micro-batch: b queries then b codes
+        q = {e: torch.cat([z[e][2 * n * m:2 * n * m + n] for m in range(len(batches))]) for e in exits}
+        c = {e: torch.cat([z[e][2 * n * m + n:2 * n * (m + 1)] for m in range(len(batches))]) for e in exits}
+        total, stats = retrieval_loss(q, c)  # 2) the loss and its gradient w.r.t. the embeddings
+        (total * world_size).backward()
+        for m, (idx, _) in enumerate(batches):  # 3) each micro-batch again, with the same dropout
+            set_rng_state(states[m], device)
+            if ddp:
+                objective.require_backward_grad_sync = m == len(batches) - 1
+            with autocast:
+                zm = objective(idx, exits)
+            torch.autograd.backward([zm[e] for e in exits], [z[e].grad[2 * n * m:2 * n * (m + 1)] for e in exits])
+        return stats
+
+    @torch.no_grad()
+    def evaluate():
+        """Retrieval: MRR per exit and kind over up to eval_max validation pairs (all of them the
+        candidates); clone: F1 per exit at p(clone) > 0.5. Ranks encode disjoint slices."""
+        model.eval()
+        results = {}
+        kinds = ['text-code', 'code-code'] if task == 'retrieval' else ['clone']
+        for kind in kinds:
+            rows = [r for r in valid_rows if task == 'clone' or r['kind'] == kind][:eval_max]
+            if not rows:
+                continue
+            mine = list(range(rank, len(rows), world_size))
+            out = {e: [] for e in exits}
+            for i in range(0, len(mine), batch_size):
+                part = [rows[j] for j in mine[i:i + batch_size]]
+                if task == 'clone':
+                    idx = left_pad([np.asarray(tok.pair(funcs[a], funcs[b], max_len)) for a, b, _ in part], tok.pad_id)
+                    with autocast:
+                        res = raw_model.classify(idx.to(device), exits)
+                    for e in exits:
+                        out[e].append(res[e].argmax(1).cpu())
+                    continue
+                seqs = [tok.query_input(r['query'], max_len) if kind == 'text-code'
+                        else tok.code_input(r['query'], r['query_lang'], max_len) for r in part]
+                seqs += [tok.code_input(r['code'], r['code_lang'], max_len) for r in part]
+                with autocast:
+                    res = raw_model.encode(left_pad([np.asarray(s) for s in seqs], tok.pad_id).to(device), exits)
+                for e in exits:
+                    out[e].append(res[e].float().cpu())
+            out = {e: torch.cat(v) if v else torch.zeros(0) for e, v in out.items()}
+            if ddp:
+                gathered = [None] * world_size
+                dist.all_gather_object(gathered, (mine, out))
+            else:
+                gathered = [(mine, out)]
+            order = [j for m, _ in gathered for j in m]
+            for e in exits:
+                if task == 'clone':
+                    pred = torch.cat([o[e] for _, o in gathered])
+                    gold = torch.tensor([rows[j][2] for j in order])
+                    results.setdefault(e, {})['f1'] = f1_binary(pred, gold)
+                    continue
+                # each rank's output is its queries' then its codes' embeddings, per batch: undo that
+                qs, cs = [], []
+                for m, o in gathered:
+                    bs = [min(batch_size, len(m) - i) for i in range(0, len(m), batch_size)]
+                    for chunk in torch.split(o[e], [2 * b for b in bs]):
+                        qs.append(chunk[:len(chunk) // 2])
+                        cs.append(chunk[len(chunk) // 2:])
+                q, c = torch.cat(qs), torch.cat(cs)
+                results.setdefault(e, {})[f'mrr_{kind}'] = mrr(q @ c.T)
+        model.train()
+        return results
+
+    def log(entry):
+        if master:
+            with open(os.path.join(out_dir, 'log.jsonl'), 'a') as f:
+                f.write(__import__('json').dumps(entry) + '\n')
+
+    def report_eval(res):
+        log({'step': step, 'eval': {str(e): r for e, r in res.items()}})
+        if master:
+            print(f"eval step {step}: " + ' | '.join(f"exit {e}: " + ' '.join(f"{k} {v:.4f}" for k, v in r.items())
+                                                   for e, r in res.items()), flush=True)
+
+    def checkpoint():
+        rng = gather_rng_states(device)
+        if master:
+            path = save_checkpoint(out_dir, step, {
+                'model': raw_model.state_dict(), 'optimizer': optimizer.state_dict(),
+                'model_config': config_to_dict(raw_model.config), 'config': config, 'step': step,
+                'data_pos': data_pos, 'rng': rng, 'tokenizer': tok.meta()}, keep_last)
+            print(f"saved {path}")
+
+    # -------------------------------------------------------------------------
+    if master:
+        os.makedirs(out_dir, exist_ok=True)
+        truncate_log(os.path.join(out_dir, 'log.jsonl'), step)
+    if step == 0:
+        report_eval(evaluate())
+    rows_per_step = batch_size * grad_accum * world_size
+    t_log, step_logged, seen = time.time(), step, 0
+    while step < max_steps:
+        lr = lr_at(step, learning_rate, warmup_steps)
+        for group in optimizer.param_groups:
+            group['lr'] = lr
+        batches = [get_batch(data_pos + batch_rows(0, m, grad_accum, world_size, rank, batch_size)[0])
+                   for m in range(grad_accum)]
+        stats = train_step(batches)
+        norm = torch.nn.utils.clip_grad_norm_([p for p in raw_model.parameters() if p.requires_grad],
+                                              grad_clip if grad_clip > 0 else float('inf'))
+        if not torch.isfinite(norm):
+            fail(f"non-finite loss or gradient at step {step}; nothing saved")
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        data_pos += rows_per_step
+        seen += rows_per_step
+        if step % log_interval == 0 or step == max_steps:
+            st = all_reduce_sum(stats.detach().clone()).cpu() / world_size
+            dt = time.time() - t_log
+            loss = sum(weights[e] * s[0].item() for e, s in zip(exits, st))
+            log({'step': step, 'loss': loss, 'lr': lr, 'pairs_s': seen / dt,
+                 'exits': {str(e): {'loss': s[0].item(), 'acc': s[1].item()} for e, s in zip(exits, st)}})
+            if master:
+                per_exit = ' '.join(f"{e}:{s[0]:.3f}/{s[1]:.2f}" for e, s in zip(exits, st.tolist()))
+                print(f"step {step}/{max_steps} | loss {loss:.4f} | exit:loss/acc {per_exit} | lr {lr:.2e} | "
+                      f"{seen / dt:,.1f} pairs/s | eta {(max_steps - step) * dt / (step - step_logged) / 60:.1f}m",
+                      flush=True)
+            t_log, step_logged, seen = time.time(), step, 0
+        if step % eval_interval == 0 or step == max_steps:
+            report_eval(evaluate())
+        if step % ckpt_interval == 0 or step == max_steps:
+            checkpoint()
+    if ddp:
+        dist.destroy_process_group()
