@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from model import MoSE, MoSEConfig
-from training import mask_tokens, peak_flops
+from training import auto_dtype, mask_tokens, peak_flops
 
 # -----------------------------------------------------------------------------
 batch_size = 8
@@ -23,7 +23,7 @@ steps = 5                 # timed steps
 warmup = 2                # untimed steps first (allocator, compile)
 vocab_size = 100281       # cl100k_base + 4 added tokens (49156 for the released tokenizer)
 device = 'cuda' if torch.cuda.is_available() else 'cpu'
-dtype = 'auto'            # bfloat16 autocast on GPUs that support it, float32 on CPU
+dtype = 'auto'            # bfloat16 autocast where bf16 matmuls are native (training.auto_dtype)
 compile = False
 compare_transformers = True
 seed = 1337
@@ -52,7 +52,7 @@ exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator
 
 device_type = 'cuda' if device.startswith('cuda') else 'cpu'
 if dtype == 'auto':
-    dtype = 'bfloat16' if device_type == 'cuda' and torch.cuda.is_bf16_supported() else 'float32'
+    dtype = auto_dtype(device_type)
 ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}[dtype]
 autocast = nullcontext() if ptdtype == torch.float32 else torch.autocast(device_type, dtype=ptdtype)
 if device_type == 'cuda':

@@ -50,6 +50,14 @@ def augment_code(code, rng):
     return WORD.sub(lambda m: new.get(m.group(0), m.group(0)), code) if new else code
 
 
+def retrieval_texts(row, rng, augment_prob):
+    """(query, code) texts of one training pair: each code snippet (the code side, and the query of
+    a code-code pair) is augmented with probability augment_prob; natural language never is."""
+    aug = lambda code: augment_code(code, rng) if rng.random() < augment_prob else code
+    query = row['query'] if row['kind'] == 'text-code' else aug(row['query'])
+    return query, aug(row['code'])
+
+
 def clip_loss(q, c, scale):
     """CLIP loss (Radford et al. 2021): q, c (N, D) L2-normalised, row i of q matches row i of c;
     symmetric cross-entropy over the (N, N) scaled cosine matrix. Also returns top-1 accuracy."""
@@ -90,7 +98,7 @@ if __name__ == '__main__':
     from data import load_bigclonebench, read_pairs
     from model import MoSE, config_from_dict, config_to_dict, load_state
     from tokenizer import check_tokenizer, get_tokenizer
-    from training import (EpochSampler, Objective, UserError, all_reduce_sum, batch_rows, gather_rng_states,
+    from training import (EpochSampler, Objective, UserError, all_reduce_sum, auto_dtype, batch_rows, gather_rng_states,
                           left_pad, list_checkpoints, load_checkpoint, lr_at, rng_state, save_checkpoint,
                           set_rng_state, setup_distributed, truncate_log)
 
@@ -129,7 +137,7 @@ if __name__ == '__main__':
     dropout = 0.1                    # attention / residual / embedding dropout while fine-tuning
     # system
     device = 'cuda' if torch.cuda.is_available() else 'cpu'
-    dtype = 'auto'                   # bfloat16 autocast on GPUs that support it, float32 on CPU
+    dtype = 'auto'                   # bfloat16 autocast where bf16 matmuls are native (training.auto_dtype)
     compile = False
     seed = 1337
     # -------------------------------------------------------------------------
@@ -148,7 +156,7 @@ if __name__ == '__main__':
     master = rank == 0
     device_type = 'cuda' if device.startswith('cuda') else 'cpu'
     if dtype == 'auto':
-        dtype = 'bfloat16' if device_type == 'cuda' and torch.cuda.is_bf16_supported() else 'float32'
+        dtype = auto_dtype(device_type)
     ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}[dtype]
     autocast = nullcontext() if ptdtype == torch.float32 else torch.autocast(device_type, dtype=ptdtype)
     torch.manual_seed(seed + rank)
@@ -192,10 +200,10 @@ if __name__ == '__main__':
                     codes.append(tok.pair(funcs[r[0]], funcs[r[1]], max_len))
                     labels.append(r[2])
                     continue
-                aug = lambda code: augment_code(code, rng) if rng.random() < augment_prob else code
-                codes.append(tok.code_input(aug(r['code']), r['code_lang'], max_len))
-                queries.append(tok.query_input(r['query'], max_len) if r['kind'] == 'text-code'
-                               else tok.code_input(aug(r['query']), r['query_lang'], max_len))
+                query, code = retrieval_texts(r, rng, augment_prob)
+                codes.append(tok.code_input(code, r['code_lang'], max_len))
+                queries.append(tok.query_input(query, max_len) if r['kind'] == 'text-code'
+                               else tok.code_input(query, r['query_lang'], max_len))
         idx = left_pad([np.asarray(s) for s in queries + codes], tok.pad_id).to(device)
         return idx, (torch.tensor(labels, device=device) if task == 'clone' else None)
 

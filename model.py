@@ -180,6 +180,52 @@ class MLMHead(nn.Module):
         return self.decoder(self.norm(F.gelu(self.dense(x), approximate='tanh')))
 
 
+class LinearCrossEntropy(torch.autograd.Function):
+    """Mean cross-entropy of logits = x @ W^T + b against `targets`, in row chunks, so that the
+    (N, V) logits never exist in full (the idea of Liger's fused linear cross-entropy and of Cut
+    Cross-Entropy, Wijmans et al. 2024). The gradient of cross-entropy w.r.t. the logits is
+    softmax - onehot, so the forward computes the gradients w.r.t. x, W and b chunk by chunk while
+    each chunk of logits is still in cache; the backward only scales them. Returns (loss, correct)."""
+
+    @staticmethod
+    def forward(ctx, x, W, b, targets, chunk, need_grad):
+        N = x.size(0)
+        need = [need_grad and n for n in ctx.needs_input_grad[:3]]
+        Wc = W.to(x.dtype)
+        loss = torch.zeros((), dtype=torch.float32, device=x.device)
+        correct = torch.zeros((), dtype=torch.long, device=x.device)
+        dx = torch.empty_like(x) if need[0] else None
+        dW = torch.zeros_like(W, dtype=torch.float32) if need[1] else None
+        db = torch.zeros_like(b, dtype=torch.float32) if need[2] else None
+        for s in range(0, N, chunk):
+            xs, t = x[s:s + chunk], targets[s:s + chunk]
+            logits = torch.addmm(b.to(x.dtype), xs, Wc.t()).float()           # (c, V)
+            lse = logits.logsumexp(-1)                                        # (c,)
+            loss += (lse - logits.gather(1, t[:, None]).squeeze(1)).sum()
+            correct += (logits.argmax(-1) == t).sum()
+            if not any(need):
+                continue
+            p = logits.sub_(lse[:, None]).exp_()                              # softmax, in place
+            p[torch.arange(len(t), device=x.device), t] -= 1.0                # d(sum CE) / d logits
+            p = p.to(x.dtype)
+            if dx is not None:
+                dx[s:s + chunk] = p @ Wc
+            if dW is not None:
+                dW += (p.t() @ xs).float()
+            if db is not None:
+                db += p.sum(0, dtype=torch.float32)
+        ctx.save_for_backward(*(g if g is not None else torch.empty(0) for g in (dx, dW, db)))
+        ctx.has, ctx.dtypes, ctx.N = (dx is not None, dW is not None, db is not None), (x.dtype, W.dtype, b.dtype), N
+        return loss / N, correct
+
+    @staticmethod
+    def backward(ctx, grad_loss, grad_correct):
+        scale = grad_loss / ctx.N
+        dx, dW, db = ((g * scale).to(dt) if h else None
+                      for g, h, dt in zip(ctx.saved_tensors, ctx.has, ctx.dtypes))
+        return dx, dW, db, None, None, None
+
+
 class ProjectionHead(nn.Module):
     """Retrieval head of one exit: two n_embd x n_embd linears (sizes of the released
     fine-tuned heads; LeakyReLU as in the authors' earlier bigcode-encoder code)."""
@@ -292,6 +338,16 @@ class MoSE(nn.Module):
         h = h.reshape(-1, h.size(-1))[positions]  # (N, C): never the whole sequence
         return self.mlm_head(self._condition(h, exit))
 
+    def mlm_loss(self, h, exit, positions, targets, chunk=256):
+        """Mean MLM cross-entropy and the number of correct predictions at the masked positions,
+        through LinearCrossEntropy: the same value as F.cross_entropy(mlm_logits(...), targets)
+        without materialising the (N, V) logits."""
+        x = h.reshape(-1, h.size(-1))[positions]                    # (N, C)
+        head = self.mlm_head
+        x = head.norm(F.gelu(head.dense(self._condition(x, exit)), approximate='tanh'))  # (N, C)
+        return LinearCrossEntropy.apply(x, head.decoder.weight, head.decoder.bias, targets, chunk,
+                                        torch.is_grad_enabled())
+
     def icc_logits(self, h, exit):
         """In-context classification logits on the final <cls>. h: (B, T, C) -> (B, 2)."""
         return self.icc_head(self._condition(h[:, -1], exit))
@@ -303,13 +359,11 @@ class MoSE(nn.Module):
         hs = self(idx, exits, mask)
         total, stats = 0.0, {}
         for e, h in hs.items():
-            mlm = self.mlm_logits(h, e, positions)                  # (N, V)
+            l_mlm, correct = self.mlm_loss(h, e, positions, targets)
             icc = self.icc_logits(h, e)                             # (B, 2)
-            l_mlm = F.cross_entropy(mlm.float(), targets)
             l_icc = F.cross_entropy(icc.float(), icc_labels)
             total = total + (e / self.config.n_layer) * (l_mlm + l_icc)
-            stats[e] = torch.stack([l_mlm.detach(), l_icc.detach(),
-                                    (mlm.argmax(-1) == targets).float().mean(),
+            stats[e] = torch.stack([l_mlm.detach(), l_icc.detach(), correct.float() / len(targets),
                                     (icc.argmax(-1) == icc_labels).float().mean()])  # (4,)
         return total, stats
 

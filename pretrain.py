@@ -28,7 +28,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from data import load_icc
 from model import MoSE, MoSEConfig, config_from_dict, config_to_dict
 from tokenizer import get_tokenizer
-from training import (EpochSampler, Objective, UserError, all_reduce_sum, batch_rows, gather_rng_states, left_pad,
+from training import (EpochSampler, Objective, UserError, all_reduce_sum, auto_dtype, batch_rows, gather_rng_states, left_pad,
                       list_checkpoints, load_checkpoint, lr_at, mask_tokens, peak_flops, save_checkpoint,
                       set_rng_state, setup_distributed, truncate_log)
 
@@ -81,7 +81,7 @@ eps = 1e-6
 grad_clip = 1.0
 # system
 device = 'cuda' if torch.cuda.is_available() else 'cpu'
-dtype = 'auto'                   # 'auto': bfloat16 autocast on GPUs that support it, float32 on CPU
+dtype = 'auto'                   # 'auto': bfloat16 autocast where bf16 matmuls are native (training.auto_dtype)
 compile = False                  # torch.compile the model and loss
 seed = 1337
 # -----------------------------------------------------------------------------
@@ -98,7 +98,7 @@ ddp, rank, local_rank, world_size, device = setup_distributed(device)
 master = rank == 0
 device_type = 'cuda' if device.startswith('cuda') else 'cpu'
 if dtype == 'auto':
-    dtype = 'bfloat16' if device_type == 'cuda' and torch.cuda.is_bf16_supported() else 'float32'
+    dtype = auto_dtype(device_type)
 ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}[dtype]
 autocast = nullcontext() if ptdtype == torch.float32 else torch.autocast(device_type, dtype=ptdtype)
 torch.manual_seed(seed + rank)

@@ -53,6 +53,20 @@ class Objective(torch.nn.Module):
         return getattr(self.model, self.method)(*args, **kwargs)
 
 
+def auto_dtype(device_type):
+    """'bfloat16' autocast where the hardware runs bf16 matmuls natively (CUDA GPUs that support it,
+    CPUs with AVX512-BF16 or AMX: ~4x the fp32 matmul rate on this project's 2-core test machine),
+    else 'float32'. Parameters and optimiser state stay float32 either way."""
+    if device_type == 'cuda':
+        return 'bfloat16' if torch.cuda.is_bf16_supported() else 'float32'
+    try:
+        with open('/proc/cpuinfo') as f:
+            flags = next((l for l in f if l.startswith('flags')), '').split()
+    except OSError:
+        flags = []
+    return 'bfloat16' if {'avx512_bf16', 'amx_bf16'} & set(flags) else 'float32'
+
+
 # -----------------------------------------------------------------------------
 # sample order and batches
 

@@ -15,3 +15,20 @@ conditional_size = 4
 attn_dropout = 0.0
 resid_dropout = 0.0
 embd_dropout = 0.0
+
+# pre-training on a laptop CPU: python prepare.py --max_len=512 && python pretrain.py config/mose_tiny.py
+# tokens per step = batch_size x block_size x accum x world = 4 x 512 x 1 x 1 = 2,048;
+# ~3.5 s a step on 2 cores in bfloat16 autocast, so 300 steps take ~20 minutes.
+out_dir = 'out/pretrain'
+block_size = 512
+batch_size = 4
+total_batch_tokens = 2048
+max_steps = 300
+warmup_steps = 20
+learning_rate = 1e-3
+# the paper's milestones at the same fractions of the run (120k/245k, 185k/245k, ...)
+lr_milestones = [(147, 0.36), (226, 0.1), (269, 0.031), (282, 0.01), (294, 0.001)]
+log_interval = 10
+eval_interval = 50
+eval_batches = 25
+ckpt_interval = 50

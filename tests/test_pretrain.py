@@ -17,7 +17,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(n_layer=4, n_embd=32, n_head=4, n_kv_head=1, intermediate_size=96, exit_layers=[2, 4],
             attn_dropout=0.1, resid_dropout=0.1, embd_dropout=0.1, block_size=64, batch_size=4,
             total_batch_tokens=512, log_interval=1, eval_interval=100, eval_batches=2, ckpt_interval=2,
-            warmup_steps=2, learning_rate=1e-3, max_steps=8)
+            warmup_steps=2, learning_rate=1e-3, max_steps=8, dtype='float32')
 
 
 @pytest.fixture(scope='module')

@@ -1,0 +1,233 @@
+"""Tests of finetune.py. Run: python -m pytest tests/test_finetune.py -q"""
+import ast
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from finetune import augment_code, clip_loss, mrr, retrieval_texts
+from helpers import stdlib_sources
+from model import MoSE, MoSEConfig, config_to_dict
+from tokenizer import CODE_INSTRUCTION, QUERY_INSTRUCTION, get_tokenizer
+from training import list_checkpoints, load_checkpoint, save_checkpoint
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# -----------------------------------------------------------------------------
+# fixtures: a tiny "pre-trained" checkpoint and real pairs from the standard library
+
+@pytest.fixture(scope='module')
+def tok():
+    return get_tokenizer('cl100k_base')
+
+
+@pytest.fixture(scope='module')
+def pretrained(tmp_path_factory, tok):
+    out = tmp_path_factory.mktemp('pre')
+    torch.manual_seed(0)
+    m = MoSE(MoSEConfig(vocab_size=tok.n_vocab, pad_id=tok.pad_id, n_layer=4, n_embd=32, n_head=4, n_kv_head=1,
+                        intermediate_size=96, exit_layers=(2, 4), max_seq_len=128))
+    save_checkpoint(str(out), 10, {'model': m.state_dict(), 'model_config': config_to_dict(m.config),
+                                   'tokenizer': tok.meta(), 'step': 10}, keep_last=1)
+    return str(out)
+
+
+@pytest.fixture(scope='module')
+def data(tmp_path_factory):
+    """Pairs files (text-code from docstrings, code-code from pairs of functions) and BigCloneBench files."""
+    out = tmp_path_factory.mktemp('data')
+    funcs = []
+    for name, text in stdlib_sources(12):
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.FunctionDef) and ast.get_docstring(node):
+                funcs.append((name, ast.get_docstring(node).split('\n\n')[0], ast.get_source_segment(text, node)))
+    funcs = funcs[:80]
+    rows = []
+    for i, (repo, doc, code) in enumerate(funcs):
+        rows.append({'kind': 'text-code', 'query': doc, 'query_lang': None, 'code': code, 'code_lang': 'python',
+                     'repo': repo, 'id': f't{i}'})
+        j = (i + 1) % len(funcs)
+        rows.append({'kind': 'code-code', 'query': code, 'query_lang': 'python', 'code': funcs[j][2],
+                     'code_lang': 'python', 'repo': repo, 'id': f'c{i}'})
+    for split, part in (('train', rows[:120]), ('valid', rows[120:])):
+        with open(out / f'{split}.jsonl', 'w') as f:
+            f.writelines(json.dumps(r) + '\n' for r in part)
+    bcb = out / 'bcb'
+    bcb.mkdir()
+    with open(bcb / 'data.jsonl', 'w') as f:
+        f.writelines(json.dumps({'idx': str(i), 'func': code}) + '\n' for i, (_, _, code) in enumerate(funcs))
+    for split, rng in (('train', range(0, 60)), ('valid', range(60, 79))):
+        with open(bcb / f'{split}.txt', 'w') as f:
+            f.writelines(f"{i}\t{i if i % 2 else i + 1}\t{int(i % 2 == 1)}\n" for i in rng)
+    return out
+
+
+BASE = dict(batch_size=8, total_batch=8, max_len=96, max_steps=3, log_interval=1, eval_interval=100, eval_max=16,
+            ckpt_interval=100, learning_rate=1e-3, dropout=0.0, dtype='float32')
+
+
+def finetune(pretrained, data, out, *extra, torchrun=0, **kw):
+    cmd = [sys.executable, 'finetune.py'] if not torchrun else \
+        [sys.executable, '-m', 'torch.distributed.run', f'--nproc_per_node={torchrun}', '--standalone', 'finetune.py']
+    kw = {**BASE, 'init_from': pretrained, 'out_dir': str(out), 'train_pairs': str(data / 'train.jsonl'),
+          'valid_pairs': str(data / 'valid.jsonl'), 'bcb_dir': str(data / 'bcb'), **kw}
+    cmd += [f"--{k}={v}" for k, v in kw.items()] + list(extra)
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONUNBUFFERED': '1'})
+
+
+def params(out):
+    return load_checkpoint(list_checkpoints(out)[-1])['model']
+
+
+def assert_same_params(a, b, atol=1e-6):
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=atol, rtol=1e-4), k
+
+
+# -----------------------------------------------------------------------------
+# the loss
+
+def test_clip_loss_equals_direct_computation():
+    torch.manual_seed(0)
+    q = torch.nn.functional.normalize(torch.randn(6, 8), dim=-1)
+    c = torch.nn.functional.normalize(torch.randn(6, 8), dim=-1)
+    loss, acc = clip_loss(q, c, 10.0)
+    ref = 0.0
+    for i in range(6):  # text->code row i and code->text column i, written out with exp / log
+        row = [10.0 * float(q[i] @ c[j]) for j in range(6)]
+        col = [10.0 * float(q[j] @ c[i]) for j in range(6)]
+        ref += -np.log(np.exp(row[i]) / np.sum(np.exp(row))) - np.log(np.exp(col[i]) / np.sum(np.exp(col)))
+    assert loss.item() == pytest.approx(ref / 12, rel=1e-5)
+    assert acc.item() == pytest.approx(np.mean([int(np.argmax([float(q[i] @ c[j]) for j in range(6)]) == i) for i in range(6)]))
+
+
+def test_mrr_ties_count_against_the_model():
+    scores = torch.tensor([[1.0, 1.0, 0.0], [0.0, 2.0, 3.0], [0.5, 0.1, 0.9]])
+    assert mrr(scores) == pytest.approx((1 / 2 + 1 / 2 + 1 / 1) / 3)
+
+
+def test_gathered_ddp_equals_one_process_with_the_whole_batch(pretrained, data, tmp_path):
+    one = finetune(pretrained, data, tmp_path / 'one', batch_size=8, total_batch=8)
+    two = finetune(pretrained, data, tmp_path / 'two', torchrun=2, batch_size=4, total_batch=8)
+    assert one.returncode == 0 and two.returncode == 0, one.stderr + two.stdout + two.stderr
+    assert '4 x 1 (accum) x 2 (world)' in two.stdout
+    assert_same_params(params(tmp_path / 'one'), params(tmp_path / 'two'), atol=2e-6)
+
+
+def test_gradcache_accumulation_equals_the_whole_batch(pretrained, data, tmp_path):
+    one = finetune(pretrained, data, tmp_path / 'one', batch_size=8, total_batch=8)
+    acc = finetune(pretrained, data, tmp_path / 'acc', batch_size=2, total_batch=8)
+    assert one.returncode == 0 and acc.returncode == 0, acc.stderr
+    assert '2 x 4 (accum) x 1 (world)' in acc.stdout
+    assert_same_params(params(tmp_path / 'one'), params(tmp_path / 'acc'), atol=2e-6)
+
+
+def test_resume_is_exact(pretrained, data, tmp_path):
+    kw = dict(dropout=0.1, augment_prob=0.5, max_steps=4, ckpt_interval=2)
+    assert finetune(pretrained, data, tmp_path / 'ref', **kw).returncode == 0
+    assert finetune(pretrained, data, tmp_path / 'run', **{**kw, 'max_steps': 2}).returncode == 0
+    r = finetune(pretrained, data, tmp_path / 'run', **{**kw, 'init_from': 'resume'})
+    assert r.returncode == 0 and 'resuming from' in r.stdout, r.stderr
+    a, b = params(tmp_path / 'ref'), params(tmp_path / 'run')
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize('task, metric', [('retrieval', 'mrr_text-code'), ('clone', 'f1')])
+def test_each_exit_gets_its_head_and_metric(pretrained, data, tmp_path, task, metric):
+    r = finetune(pretrained, data, tmp_path, task=task, max_steps=2, eval_interval=2)
+    assert r.returncode == 0, r.stderr
+    ck = load_checkpoint(list_checkpoints(tmp_path)[-1])
+    heads = 'proj.' if task == 'retrieval' else 'classifier.'
+    assert {k.split('.')[1] for k in ck['model'] if k.startswith(heads)} == {'0', '1'}
+    assert f'exit 2: {metric}' in r.stdout and f'exit 4: {metric}' in r.stdout
+    model = MoSE.load(list_checkpoints(tmp_path)[-1])
+    assert model.config.proj_heads == (task == 'retrieval') and model.config.n_classes == (2 if task == 'clone' else 0)
+
+
+def test_single_exit_baseline_keeps_k_layers(pretrained, data, tmp_path):
+    r = finetune(pretrained, data, tmp_path, single_exit=2, max_steps=1)
+    assert r.returncode == 0, r.stderr
+    model = MoSE.load(list_checkpoints(tmp_path)[-1])
+    assert model.config.n_layer == 2 and model.config.exit_layers == (2,) and len(model.proj) == 1
+
+
+# -----------------------------------------------------------------------------
+# inputs
+
+def test_instructions_are_byte_exact(tok):
+    assert CODE_INSTRUCTION.format(language='python') == 'Represent this python code snippet for retrieval:'
+    assert QUERY_INSTRUCTION == 'Represent this code description for retrieving supporting snippets of code:'
+    ids = tok.code_input('def f(): pass', 'Python')
+    assert ids == [tok.sep_id] + tok.encode('Represent this python code snippet for retrieval:') + [tok.sep_id] + \
+        tok.encode('def f(): pass') + [tok.cls_id]
+    assert tok.decode(tok.query_input('sum two numbers')) == \
+        '<sep>Represent this code description for retrieving supporting snippets of code:<sep>sum two numbers<cls>'
+
+
+CODE = "def total(items):\n    total = 0\n    for item in items:\n        total += item\n    return total  # ok\n"
+
+
+def test_augmentation_replaces_only_frequent_long_words_consistently():
+    out = augment_code(CODE, np.random.default_rng(0))
+    # 'total' (4x) and 'item'/'items'? items: 2x (no), item: 2x (no), 'total' is the only word > 2 times, >= 3 chars
+    assert 'total' not in out.split('(')[0] and out.count('total') == 0
+    new = out.split()[1].split('(')[0]
+    assert out == CODE.replace('total', new) and new.isidentifier() and new != 'total'
+    assert augment_code(CODE, np.random.default_rng(0)) == out  # deterministic given the seed
+    assert augment_code(CODE, np.random.default_rng(1)) != out
+    assert augment_code("x = y + z\nx = 1\nx = 2\n", np.random.default_rng(0)) == "x = y + z\nx = 1\nx = 2\n"  # short
+
+
+def test_augmentation_never_touches_natural_language():
+    rng = np.random.default_rng(0)
+    text = 'Return the total of the items, the total of all totals total.'
+    q, c = retrieval_texts({'kind': 'text-code', 'query': text, 'code': CODE}, rng, 1.0)
+    assert q == text and c != CODE
+    q, c = retrieval_texts({'kind': 'code-code', 'query': CODE, 'code': CODE}, rng, 1.0)
+    assert q != CODE and c != CODE  # both sides of a code-code pair are code
+    q, c = retrieval_texts({'kind': 'code-code', 'query': CODE, 'code': CODE}, rng, 0.0)
+    assert q == CODE and c == CODE
+
+
+# -----------------------------------------------------------------------------
+# bad input
+
+def check_error(r, *needles):
+    assert r.returncode != 0
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith('error: ') and 'Traceback' not in r.stderr, r.stderr
+    for n in needles:
+        assert n in last, last
+
+
+def test_unknown_task(pretrained, data, tmp_path):
+    check_error(finetune(pretrained, data, tmp_path, task='ranking'), "unknown task 'ranking'")
+
+
+def test_missing_checkpoint_says_what_to_run(data, tmp_path):
+    (tmp_path / 'empty').mkdir()
+    check_error(finetune(str(tmp_path / 'empty'), data, tmp_path / 'out'), 'python pretrain.py config/mose_tiny.py')
+
+
+def test_checkpoint_of_another_tokenizer(data, tmp_path, tok):
+    m = MoSE(MoSEConfig(vocab_size=49156, n_layer=2, n_embd=32, n_head=4, n_kv_head=1, intermediate_size=96,
+                        exit_layers=(1, 2)))
+    save_checkpoint(str(tmp_path / 'pre'), 1, {'model': m.state_dict(), 'model_config': config_to_dict(m.config),
+                                                'step': 1}, keep_last=1)
+    check_error(finetune(str(tmp_path / 'pre'), data, tmp_path / 'out'), 'vocab_size 49156', 'n_vocab 100281')
+
+
+def test_pairs_with_missing_ids(pretrained, data, tmp_path):
+    bad = tmp_path / 'bcb'
+    bad.mkdir()
+    (bad / 'data.jsonl').write_text(json.dumps({'idx': '1', 'func': 'int f() { return 1; }'}) + '\n')
+    for split in ('train', 'valid'):
+        (bad / f'{split}.txt').write_text('1\t7\t1\n8\t9\t0\n')
+    check_error(finetune(pretrained, data, tmp_path / 'out', task='clone', bcb_dir=str(bad)),
+                'no usable pairs', 'missing')
