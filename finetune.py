@@ -4,6 +4,7 @@ Multi-exit fine-tuning of a pre-trained MoSE (paper 4.1, 4.2, 6.3).
 Text-to-code + code-to-code retrieval:  python finetune.py --task retrieval
 Clone detection (BigCloneBench format): python finetune.py --task clone
 On 8 GPUs:                              torchrun --nproc_per_node=8 finetune.py --task retrieval --batch_size=256
+A laptop CPU (mose_tiny):               python finetune.py config/finetune_tiny.py --task retrieval
 Single-exit baseline (paper 6.3):       python finetune.py --task retrieval --single_exit 9
 From a released checkpoint:             python finetune.py --task retrieval --init_from path/to/ModularStarEncoder \
                                             --tokenizer path/to/starcoder2-tokenizer
@@ -119,7 +120,7 @@ if __name__ == '__main__':
     keep_last = 2
     # batch
     batch_size = 32                  # pairs per micro-batch per process
-    total_batch = 2048               # pairs per step over all processes (paper: 2,048 retrieval, 64 clone)
+    total_batch = 0                  # pairs per step over all processes; 0 = the paper's: 2,048 retrieval, 64 clone
     max_len = 512                    # tokens per input, instruction and <cls> included
     # objective
     single_exit = 0                  # > 0: keep the first K layers and train one head on exit K (paper 6.3)
@@ -127,8 +128,8 @@ if __name__ == '__main__':
     augment_prob = 0.3               # fraction of code snippets whose frequent words are renamed (paper 4.1)
     # optimiser (paper 4.1: constant 1e-5; 4.2: 1e-5 with 2,000 warmup steps, 14,000 steps)
     learning_rate = 1e-5
-    warmup_steps = 0
-    max_steps = 1000
+    warmup_steps = -1                # -1 = the paper's: 0 retrieval, 2,000 clone
+    max_steps = 0                    # 0 = retrieval 1,000 (the paper gives none), clone 14,000 (paper 4.2)
     weight_decay = 0.1
     beta1 = 0.9
     beta2 = 0.95
@@ -152,6 +153,10 @@ if __name__ == '__main__':
     if task not in ('retrieval', 'clone'):
         fail(f"unknown task {task!r}: expected 'retrieval' or 'clone'")
     out_dir = out_dir or f'out/finetune-{task}'
+    total_batch = total_batch or {'retrieval': 2048, 'clone': 64}[task]
+    warmup_steps = warmup_steps if warmup_steps >= 0 else {'retrieval': 0, 'clone': 2000}[task]
+    max_steps = max_steps or {'retrieval': 1000, 'clone': 14000}[task]
+    config.update(total_batch=total_batch, warmup_steps=warmup_steps, max_steps=max_steps, out_dir=out_dir)
     ddp, rank, local_rank, world_size, device = setup_distributed(device)
     master = rank == 0
     device_type = 'cuda' if device.startswith('cuda') else 'cpu'

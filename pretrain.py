@@ -43,7 +43,9 @@ eval_interval = 250              # steps between evaluations on the held-out rep
 eval_batches = 20                # micro-batches per rank per evaluation
 ckpt_interval = 250              # steps between checkpoints (and one at the end)
 keep_last = 3                    # checkpoints kept on disk
-time_limit = 0.0                 # seconds; > 0 stops early with a checkpoint (for fixed-compute comparisons)
+time_limit = 0.0                 # seconds of wall-clock; > 0 stops early with a checkpoint
+cpu_time_limit = 0.0             # seconds of this process's CPU time (all threads); > 0 stops early with a
+                                 # checkpoint: equal-compute comparisons on a shared CPU
 # data
 total_batch_tokens = 4_194_304   # global batch in tokens (paper 3.1: 4M); = batch_size x block_size x accum x world
 batch_size = 8                   # sequences per micro-batch per process
@@ -246,6 +248,7 @@ if master:
 if step == 0 or step >= max_steps:
     report_eval(evaluate())
 t_start = t_log = time.time()
+cpu_start = time.process_time()
 tokens_since, flops_since, step_logged = 0, 0.0, step
 batch = get_batch('train', data_pos + batch_rows(0, 0, grad_accum, world_size, rank, batch_size)[0])
 while step < max_steps:
@@ -295,16 +298,18 @@ while step < max_steps:
         t_log, tokens_since, flops_since, step_logged = time.time(), 0, 0.0, step
 
     out_of_time = False
-    if time_limit > 0:
-        flag = all_reduce_sum(torch.tensor([float(time.time() - t_start > time_limit)], device=device))
-        out_of_time = bool(flag.item() > 0)
+    if time_limit > 0 or cpu_time_limit > 0:  # every rank takes the decision of the first that runs out
+        over = (time_limit > 0 and time.time() - t_start > time_limit) or \
+            (cpu_time_limit > 0 and time.process_time() - cpu_start > cpu_time_limit)
+        out_of_time = all_reduce_sum(torch.tensor([float(over)], device=device)).item() > 0
     if step % eval_interval == 0 or step == max_steps or out_of_time:
         report_eval(evaluate())
     if step % ckpt_interval == 0 or step == max_steps or out_of_time:
         checkpoint()
     if out_of_time:
         if master:
-            print(f"time_limit of {time_limit:.0f}s reached at step {step}")
+            print(f"time limit reached at step {step}: {time.time() - t_start:.0f}s wall, "
+                  f"{time.process_time() - cpu_start:.0f}s CPU")
         break
 
 if ddp:
