@@ -99,7 +99,8 @@ if __name__ == '__main__':
     from data import load_bigclonebench, read_pairs
     from model import MoSE, config_from_dict, config_to_dict, load_state
     from tokenizer import check_tokenizer, get_tokenizer
-    from training import (EpochSampler, Objective, UserError, all_reduce_sum, auto_dtype, batch_rows, gather_rng_states,
+    from training import (EpochSampler, Objective, UserError, all_reduce_sum, auto_dtype, batch_rows, ensure_writable,
+                          gather_rng_states,
                           left_pad, list_checkpoints, load_checkpoint, lr_at, rng_state, save_checkpoint,
                           set_rng_state, setup_distributed, truncate_log)
 
@@ -170,6 +171,12 @@ if __name__ == '__main__':
     grad_accum = total_batch // (batch_size * world_size)
     if master:
         print(f"pairs per step: {batch_size} x {grad_accum} (accum) x {world_size} (world) = {total_batch}")
+
+    if master:
+        try:
+            ensure_writable(out_dir)
+        except OSError as e:
+            fail(f"out_dir {out_dir!r} is not writable ({e.strerror or e})")
 
     # data
     try:
@@ -418,7 +425,6 @@ if __name__ == '__main__':
 
     # -------------------------------------------------------------------------
     if master:
-        os.makedirs(out_dir, exist_ok=True)
         truncate_log(os.path.join(out_dir, 'log.jsonl'), step)
     if step == 0:
         report_eval(evaluate())

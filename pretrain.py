@@ -28,7 +28,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from data import load_icc
 from model import MoSE, MoSEConfig, config_from_dict, config_to_dict
 from tokenizer import get_tokenizer
-from training import (EpochSampler, Objective, UserError, all_reduce_sum, auto_dtype, batch_rows, gather_rng_states, left_pad,
+from training import (EpochSampler, Objective, UserError, all_reduce_sum, auto_dtype, batch_rows, ensure_writable,
+                      gather_rng_states, left_pad,
                       list_checkpoints, load_checkpoint, lr_at, mask_tokens, peak_flops, save_checkpoint,
                       set_rng_state, setup_distributed, truncate_log)
 
@@ -107,15 +108,21 @@ torch.manual_seed(seed + rank)
 if device_type == 'cuda':
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
 
-rows_per_micro = batch_size * block_size * world_size
-if total_batch_tokens % rows_per_micro:
+tokens_per_micro = batch_size * block_size * world_size
+if total_batch_tokens % tokens_per_micro:
     fail(f"total_batch_tokens={total_batch_tokens} is not divisible by batch_size x block_size x world_size "
-         f"= {batch_size} x {block_size} x {world_size} = {rows_per_micro}")
-grad_accum = total_batch_tokens // rows_per_micro
+         f"= {batch_size} x {block_size} x {world_size} = {tokens_per_micro}")
+grad_accum = total_batch_tokens // tokens_per_micro
 rows_per_step = batch_size * grad_accum * world_size
 if master:
     print(f"tokens per step: {batch_size} x {block_size} x {grad_accum} (accum) x {world_size} (world) "
           f"= {total_batch_tokens:,}")
+
+if master:
+    try:
+        ensure_writable(out_dir)
+    except OSError as e:
+        fail(f"out_dir {out_dir!r} is not writable ({e.strerror or e})")
 
 # data
 try:
@@ -243,7 +250,6 @@ def report_eval(res):
 # -----------------------------------------------------------------------------
 # training loop
 if master:
-    os.makedirs(out_dir, exist_ok=True)
     truncate_log(os.path.join(out_dir, 'log.jsonl'), step)
 if step == 0 or step >= max_steps:
     report_eval(evaluate())

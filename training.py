@@ -8,6 +8,7 @@ import glob
 import json
 import os
 import re
+import tempfile
 import time
 
 import numpy as np
@@ -215,6 +216,13 @@ def peak_flops(device, dtype=torch.float32, cache_dir=os.path.expanduser('~/.cac
 # checkpoints
 
 CKPT_RE = re.compile(r'ckpt_(\d{7})\.pt$')
+
+
+def ensure_writable(out_dir):
+    """Create out_dir and prove it takes files, before any work is done (raises OSError)."""
+    os.makedirs(out_dir, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=out_dir):
+        pass
 
 
 def checkpoint_path(out_dir, step):

@@ -223,6 +223,10 @@ def test_checkpoint_of_another_tokenizer(data, tmp_path, tok):
     check_error(finetune(str(tmp_path / 'pre'), data, tmp_path / 'out'), 'vocab_size 49156', 'n_vocab 100281')
 
 
+def test_unwritable_out_dir(pretrained, data, tmp_path):
+    check_error(finetune(pretrained, data, '/dev/null/ft'), "out_dir '/dev/null/ft' is not writable")
+
+
 def test_pairs_with_missing_ids(pretrained, data, tmp_path):
     bad = tmp_path / 'bcb'
     bad.mkdir()

@@ -99,6 +99,7 @@ def test_checkpoint_holds_what_resume_needs(icc, tmp_path):
     (['--tokenizer=/nonexistent'], r"/nonexistent"),
     (['--block_size=32', '--total_batch_tokens=256'], r"built with max_len=64 > block_size=32"),
     (['--init_from=resume'], r"holds no checkpoint"),
+    (['--out_dir=/dev/null/run'], r"out_dir '/dev/null/run' is not writable"),
 ])
 def test_bad_input_is_one_clear_line(icc, tmp_path, extra, pattern):
     import re
