@@ -45,8 +45,10 @@ CodeXGLUE evaluators read:
     predictions/poj104_exit{E}.jsonl: {"index": <id>, "answers": [<exactly R ids>]}
     predictions/bcb_exit{E}.txt:      idx1<TAB>idx2<TAB>0|1
     tradeoff.png: metric vs forward GFLOPs, one point per exit (Fig. 1b), if matplotlib is installed.
-Per exit it prints parameters, forward GFLOPs of a 512-token snippet, measured snippets/s (a timed
-forward to that exit alone on a fixed batch of `speed_batch` snippets of the data) and the metrics.
+Per exit it prints parameters, forward GFLOPs of a 512-token snippet, measured snippets/s and the
+metrics. snippets/s: after the evaluation, the `speed_batch` snippets of median length of the first
+task's data are encoded again to that exit alone (a forward stops at its deepest exit), in batches
+of `batch_size` as in the evaluation; the median of repeated passes.
 """
 import json
 import math
@@ -244,7 +246,7 @@ def batched_forward(fn, seqs, batch_size, pad_id, device='cpu', max_seq_len=None
     n = len(seqs)
     lengths = [len(seqs[i]) for i in range(n)] if lengths is None else lengths
     order = sorted(range(n), key=lambda i: -lengths[i])
-    out, progress = {}, Progress(n, what)
+    out, progress = {}, Progress(n, what) if what else None
     for s in range(0, n, batch_size):
         ids = order[s:s + batch_size]
         idx = left_pad([np.asarray(seqs[i]) for i in ids], pad_id, max_len=max_seq_len).to(device)
@@ -253,7 +255,8 @@ def batched_forward(fn, seqs, batch_size, pad_id, device='cpu', max_seq_len=None
             if e not in out:
                 out[e] = torch.empty(n, v.size(-1), dtype=torch.float32)
             out[e][ids] = v.float().cpu()
-        progress.update(len(ids))
+        if progress:
+            progress.update(len(ids))
     return out
 
 
@@ -276,19 +279,27 @@ def clone_scorer(model, exits, autocast):
     return fn
 
 
-def snippets_per_second(fn, idx, min_time=1.0, max_reps=20):
-    """Throughput of fn on one batch: a warm-up call, then timed calls until min_time has passed
-    (at least 3, at most max_reps); the median call time gives snippets/s."""
-    sync = torch.cuda.synchronize if idx.is_cuda else (lambda: None)
-    fn(idx)
-    sync()
+def timing_sample(lengths, k):
+    """Indices of k snippets of median length (a window of the length order): a fixed, typical
+    batch with little padding, like the length-sorted batches of the evaluation."""
+    order = np.argsort(np.asarray(lengths), kind='stable')
+    start = max(0, min(len(order) - k, len(order) // 2 - k // 2))
+    return sorted(order[start:start + k].tolist())
+
+
+def snippets_per_second(fn, seqs, batch_size, pad_id, device='cpu', max_seq_len=None, min_time=1.0, max_reps=10):
+    """Throughput of fn over `seqs`, encoded as the evaluation encodes (batched_forward: sorted by
+    length, batches of batch_size). Passes repeat until min_time has passed (at most max_reps);
+    snippets/s from the median pass. Run it after the evaluation: kernels and allocator are warm."""
+    sync = torch.cuda.synchronize if str(device).startswith('cuda') else (lambda: None)
     times, t_start = [], time.perf_counter()
-    while len(times) < max_reps and (len(times) < 3 or time.perf_counter() - t_start < min_time):
+    while len(times) < max_reps and (not times or time.perf_counter() - t_start < min_time):
+        sync()
         t0 = time.perf_counter()
-        fn(idx)
+        batched_forward(fn, seqs, batch_size, pad_id, device, max_seq_len, what=None)
         sync()
         times.append(time.perf_counter() - t0)
-    return len(idx) / float(np.median(times))
+    return len(seqs) / float(np.median(times))
 
 
 class PairInputs:
@@ -405,7 +416,7 @@ if __name__ == '__main__':
     candidates = 1000                # csn / code-code batch size: 1 target among 999 distractors
     pred_top = 100                   # candidates per query in the csn / code-code / ct prediction files
     threshold = 0.5                  # bcb: a pair is a clone when p(clone) > threshold
-    speed_batch = 64                 # snippets in the fixed timing batch (per-exit snippets/s)
+    speed_batch = 64                 # snippets in the fixed timing set (per-exit snippets/s): those of median length
     # output
     out_dir = 'out/eval'
     plot = True                      # tradeoff.png (needs matplotlib)
@@ -678,7 +689,7 @@ if __name__ == '__main__':
             else:  # bcb
                 funcs, pairs, n_missing = data[t]
                 inputs = PairInputs(tok, funcs, pairs, L)
-                timing = timing or [inputs[i] for i in range(min(speed_batch, len(inputs)))]
+                timing = timing or [inputs[i] for i in timing_sample(inputs.lengths, speed_batch)]
                 probs = run(inputs, t, inputs.lengths)
                 # the CodeXGLUE evaluator keys on (idx1, idx2): a repeated pair counts once, its last line
                 last = {(a, b): i for i, (a, b, _) in enumerate(pairs)}
@@ -695,17 +706,18 @@ if __name__ == '__main__':
             res['predictions'] = predictions.get(t, {})
             results['tasks'][t] = res
 
-        # per-exit cost: a separate timed forward to each exit alone on one fixed batch of the data
-        tb = [timing[i] for i in range(min(speed_batch, len(timing)))]
-        idx = left_pad([np.asarray(s) for s in tb], tok.pad_id, max_len=model.config.max_seq_len).to(device)
+        # per-exit cost: the fixed timing set encoded again, to each exit alone (one forward to the
+        # deepest exit does not tell what a shallower exit costs by itself)
+        tb = [timing[i] for i in timing_sample([len(x) for x in timing], speed_batch)]
         cost = {}
         for e in exits:
             one = encoder(model, [e], autocast) if kind == 'retrieval' else clone_scorer(model, [e], autocast)
             cost[e] = {'params': model.num_params(e), 'gflops_512': model.estimate_flops(512, e) / 1e9,
-                       'snippets_per_s': snippets_per_second(one, idx)}
+                       'snippets_per_s': snippets_per_second(one, tb, batch_size, tok.pad_id, device,
+                                                             model.config.max_seq_len)}
         info = dict(info, exits={str(e): c for e, c in cost.items()},
                     timing={'snippets': len(tb), 'mean_tokens': float(np.mean([len(s) for s in tb])),
-                            'padded_len': idx.size(1)})
+                            'batch_size': batch_size})
         results['models'][kind] = info
 
         # table: cost and headline metrics per exit
@@ -717,8 +729,9 @@ if __name__ == '__main__':
         rows = [[str(e), f"{cost[e]['params'] / 1e6:.1f}M", f"{cost[e]['gflops_512']:.2f}",
                  f"{cost[e]['snippets_per_s']:.1f}"] +
                 [f"{100 * results['tasks'][t]['exits'][str(e)][k]:.2f}" for t, k, _ in cols] for e in exits]
-        print(f"\nmetrics in %; snippets/s: {len(tb)} snippets of {kind_tasks[0]} (mean "
-              f"{info['timing']['mean_tokens']:.0f} tokens, padded to {idx.size(1)}) per forward, {device} {dtype}")
+        print(f"\nmetrics in %; snippets/s: {len(tb)} snippets of median length of {kind_tasks[0]} "
+              f"({info['timing']['mean_tokens']:.0f} tokens) in batches of {batch_size}, {device} {dtype}"
+              + (f" {torch.get_num_threads()} threads" if device_type == 'cpu' else ''))
         print(format_table(header, rows))
         if 'csn' in kind_tasks and len(data['csn']) > 1:
             langs = list(data['csn'])
