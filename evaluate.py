@@ -354,9 +354,10 @@ def format_table(header, rows):
     return '\n'.join('  '.join(x.ljust(w[j]) if j == 0 else x.rjust(w[j]) for j, x in enumerate(r)) for r in cells)
 
 
-def plot_tradeoff(path, gflops, series, title):
+def plot_tradeoff(path, series, title):
     """Metric (%) vs forward GFLOPs, one point per exit, one line per metric (paper Fig. 1b).
-    series: {label: {exit: value in [0, 1]}}. Returns a note when matplotlib is missing."""
+    series: {label: [(exit, GFLOPs, value in [0, 1]), ...]}. Returns a note when matplotlib is
+    missing, else None."""
     try:
         import matplotlib
         matplotlib.use('Agg')
@@ -364,11 +365,11 @@ def plot_tradeoff(path, gflops, series, title):
     except ImportError:
         return "matplotlib is not installed: no trade-off plot (pip install matplotlib)"
     fig, ax = plt.subplots(figsize=(6, 4))
-    for label, vals in series.items():
-        exits = sorted(vals)
-        xs, ys = [gflops[e] for e in exits], [100 * vals[e] for e in exits]
+    for label, points in series.items():
+        points = sorted(points)
+        xs, ys = [g for _, g, _ in points], [100 * v for _, _, v in points]
         ax.plot(xs, ys, marker='o', label=label)
-        for e, x, y in zip(exits, xs, ys):
+        for (e, _, _), x, y in zip(points, xs, ys):
             ax.annotate(f"L{e}", (x, y), textcoords='offset points', xytext=(4, 4), fontsize=8)
     ax.set_xlabel('forward GFLOPs per 512-token snippet')
     ax.set_ylabel('score (%)')
@@ -462,18 +463,18 @@ if __name__ == '__main__':
     skipped = {}  # task -> why (lenient mode only)
 
     def csn_sources(root, split):
-        """{language: path}: the distributed layout {root}/{lang}/final/jsonl/{split}/, a {lang} dir,
-        or else root itself (a file or directory of jsonl files) split by the rows' language."""
+        """Paths to read: the distributed layout {root}/{lang}/final/jsonl/{split}/, a {lang} dir, or
+        else root itself (a file or directory of jsonl files). Rows are grouped by their language."""
         if os.path.isdir(os.path.join(root, 'final', 'jsonl', split)):
-            return {os.path.basename(os.path.normpath(root)): os.path.join(root, 'final', 'jsonl', split)}
+            return [os.path.join(root, 'final', 'jsonl', split)]
         if os.path.isdir(root):
-            found = {lang: os.path.join(root, lang, 'final', 'jsonl', split) for lang in sorted(os.listdir(root))
-                     if os.path.isdir(os.path.join(root, lang, 'final', 'jsonl', split))}
+            found = [os.path.join(root, lang, 'final', 'jsonl', split) for lang in sorted(os.listdir(root))
+                     if os.path.isdir(os.path.join(root, lang, 'final', 'jsonl', split))]
             if found:
                 return found
         if not os.path.exists(root):
             raise FileNotFoundError(f"{root}: not found")
-        return {None: root}
+        return [root]
 
     def limited(rows):
         return rows[:limit] if limit > 0 else rows
@@ -483,9 +484,8 @@ if __name__ == '__main__':
         try:
             if t == 'csn':
                 langs = {}
-                for lang, path in csn_sources(csn_dir, split).items():
-                    rows = load_codesearchnet(path, language=lang)
-                    for r in rows:
+                for path in csn_sources(csn_dir, split):
+                    for r in load_codesearchnet(path):
                         langs.setdefault(r['language'], []).append(r)
                 data[t] = {lang: limited(rows) for lang, rows in sorted(langs.items())}
             elif t == 'code-code':
@@ -562,6 +562,9 @@ if __name__ == '__main__':
         if kind == 'clone' and model.config.n_classes != 2:
             raise UserError(f"{desc} is not a clone classifier (n_classes={model.config.n_classes}); "
                             f"fine-tune one with `{command}` or pass --init_from=<clone checkpoint>")
+        if kind == 'retrieval' and model.config.n_classes:
+            raise UserError(f"{desc} is a clone classifier, not a retrieval model; pass --init_from=<retrieval "
+                            f"checkpoint> or run `{command}`")
         if kind == 'retrieval' and not model.config.proj_heads:
             note(f"{desc} has no retrieval projection heads (not fine-tuned for retrieval?): "
                  f"using the raw <cls> states")
@@ -731,7 +734,7 @@ if __name__ == '__main__':
                 [f"{100 * results['tasks'][t]['exits'][str(e)][k]:.2f}" for t, k, _ in cols] for e in exits]
         print(f"\nmetrics in %; snippets/s: {len(tb)} snippets of median length of {kind_tasks[0]} "
               f"({info['timing']['mean_tokens']:.0f} tokens) in batches of {batch_size}, {device} {dtype}"
-              + (f" {torch.get_num_threads()} threads" if device_type == 'cpu' else ''))
+              + (f", {torch.get_num_threads()} thread(s)" if device_type == 'cpu' else ''))
         print(format_table(header, rows))
         if 'csn' in kind_tasks and len(data['csn']) > 1:
             langs = list(data['csn'])
@@ -746,13 +749,10 @@ if __name__ == '__main__':
     write_json(path, results)
     print(f"wrote {path} and predictions in {os.path.join(out_dir, 'predictions')}")
     if plot:
-        series, gflops = {}, {}
-        for kind, info in results['models'].items():
-            for e, c in info['exits'].items():
-                gflops[int(e)] = c['gflops_512']
+        series = {}
         for t, res in results['tasks'].items():
             k = {'csn': 'mrr', 'code-code': 'mrr', 'ct': 'mrr', 'poj104': 'map@r', 'bcb': 'f1'}[t]
-            series[f"{t} {k.upper()}"] = {int(e): v[k] for e, v in res['exits'].items()}
-        msg = plot_tradeoff(os.path.join(out_dir, 'tradeoff.png'), gflops, series,
-                            'MoSE: cost vs quality per exit')
+            cost = results['models'][res['model']]['exits']
+            series[f"{t} {k.upper()}"] = [(int(e), cost[e]['gflops_512'], v[k]) for e, v in res['exits'].items()]
+        msg = plot_tradeoff(os.path.join(out_dir, 'tradeoff.png'), series, 'MoSE: cost vs quality per exit')
         print(f"note: {msg}" if msg else f"wrote {os.path.join(out_dir, 'tradeoff.png')}")

@@ -320,12 +320,12 @@ def test_plot_tradeoff_with_a_stub_matplotlib(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, 'matplotlib', mpl)
     monkeypatch.setitem(sys.modules, 'matplotlib.pyplot', plt)
     out = tmp_path / 'p.png'
-    assert ev.plot_tradeoff(str(out), {4: 1.0, 36: 9.0}, {'csn MRR': {4: 0.7, 36: 0.8}}, 't') is None
+    assert ev.plot_tradeoff(str(out), {'csn MRR': [(36, 9.0, 0.8), (4, 1.0, 0.7)]}, 't') is None
     assert out.exists()
     plotted = [a for name, a in calls if name == 'plot']
     assert plotted == [([1.0, 9.0], [pytest.approx(70.0), pytest.approx(80.0)])]
     monkeypatch.setitem(sys.modules, 'matplotlib', None)  # import fails -> a note, no exception
-    assert 'matplotlib' in ev.plot_tradeoff(str(out), {4: 1.0}, {'x': {4: 0.5}}, 't')
+    assert 'matplotlib' in ev.plot_tradeoff(str(out), {'x': [(4, 1.0, 0.5)]}, 't')
 
 
 # ----------------------------------------------------------------------------- the stage, end to end
