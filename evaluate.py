@@ -51,7 +51,6 @@ task's data are encoded again to that exit alone (a forward stops at its deepest
 of `batch_size` as in the evaluation; the median of repeated passes.
 """
 import json
-import math
 import os
 import sys
 import time
@@ -60,8 +59,6 @@ import numpy as np
 import torch
 
 from training import UserError, left_pad
-
-TASKS = ('csn', 'code-code', 'ct', 'poj104', 'bcb')
 
 
 # -----------------------------------------------------------------------------
@@ -104,15 +101,16 @@ def parse_exits(spec, valid):
 def parse_tasks(spec):
     """'default' -> csn + code-code, 'all' -> every task (both lenient: a task whose data or model
     is missing is skipped with a note); otherwise a comma list of task names (strict)."""
+    known = ('csn', 'code-code', 'ct', 'poj104', 'bcb')
     s = spec.strip().lower()
     if s == 'default':
         return ['csn', 'code-code'], True
     if s == 'all':
-        return list(TASKS), True
+        return list(known), True
     names = [t for t in s.replace(' ', '').split(',') if t]
     for t in names:
-        if t not in TASKS:
-            raise UserError(f"unknown task {t!r}: expected default, all, or a comma list of {', '.join(TASKS)}")
+        if t not in known:
+            raise UserError(f"unknown task {t!r}: expected default, all, or a comma list of {', '.join(known)}")
     if not names:
         raise UserError("--task is empty")
     return list(dict.fromkeys(names)), False
