@@ -458,7 +458,7 @@ if __name__ == '__main__':
         tasks, lenient = parse_tasks(task)
     except UserError as e:
         fail(e)
-    skipped = {}  # task -> why (lenient mode only)
+    skipped = {}  # task -> why ('default' / 'all': data or model absent)
 
     def csn_sources(root, split):
         """Paths to read: the distributed layout {root}/{lang}/final/jsonl/{split}/, a {lang} dir, or
@@ -490,7 +490,7 @@ if __name__ == '__main__':
                 path = os.path.join(pairs_dir, f'{split}.jsonl')
                 rows = [r for r in read_pairs(path) if r['kind'] == 'code-code']
                 if not rows:
-                    raise ValueError(f"{path}: no code-code pairs")
+                    raise UserError(f"{path}: no code-code pairs")
                 data[t] = limited(rows)
             elif t == 'ct':
                 if not ct_dir:
@@ -512,8 +512,8 @@ if __name__ == '__main__':
                     note(f"bcb: {n_missing:,} pairs of {bcb_dir}/{split}.txt name ids missing from data.jsonl: skipped")
                 data[t] = (funcs, limited(pairs), n_missing)
         except (OSError, ValueError, UserError) as e:
-            if not lenient:
-                fail(e)
+            if not lenient or not isinstance(e, (FileNotFoundError, UserError)):
+                fail(e)  # 'default' / 'all' skip a task whose data is absent, never a malformed file
             skipped[t] = str(e)
     if not data:
         fail("no data to evaluate: " + '; '.join(f"{t}: {why}" for t, why in skipped.items()) +
