@@ -310,13 +310,10 @@ if __name__ == '__main__':
                     objective.require_backward_grad_sync = m == len(batches) - 1
                 with autocast:
                     logits = objective(idx, exits)
-                total = 0.0
-                for j, e in enumerate(exits):
-                    loss = F.cross_entropy(logits[e].float(), labels)
-                    total = total + weights[e] * loss
-                    stats = stats + torch.stack([loss.detach(), (logits[e].argmax(1) == labels).float().mean()]) \
-                        * F.one_hot(torch.tensor(j), len(exits)).to(device)[:, None] / len(batches)
-                (total / len(batches)).backward()
+                losses = {e: F.cross_entropy(logits[e].float(), labels) for e in exits}
+                (sum(weights[e] * losses[e] for e in exits) / len(batches)).backward()
+                stats = stats + torch.stack([torch.stack([losses[e].detach(), (logits[e].argmax(1) == labels).float().mean()])
+                                             for e in exits]) / len(batches)
             return stats
         # the loss of every rank is the same global loss; its gradient w.r.t. this rank's embeddings
         # is exact, and DDP averages over ranks, hence the factor world_size
