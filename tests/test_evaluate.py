@@ -406,7 +406,7 @@ def test_end_to_end_all_tasks(bench):
     d = bench
     rc, out, err = run_eval('--task', 'all', '--exit', 'all', f'--csn_dir={d}/csn', '--ct_dir', f'{d}/ct',
                             f'--poj104_path={d}/poj.jsonl', f'--bcb_dir={d}/bcb', '--candidates=10', '--pred_top=5',
-                            '--speed_batch=4', '--batch_size=8', cwd=d)
+                            '--speed_batch=4', '--batch_size=8', '--threads=1', cwd=d)
     assert rc == 0, out + err
     res = json.load(open(d / 'out' / 'eval' / 'results.json'))
     assert set(res['tasks']) == {'csn', 'code-code', 'ct', 'poj104', 'bcb'}
@@ -466,7 +466,7 @@ def test_default_run_single_exit_space_form(bench, tmp_path):
     os.makedirs(d / 'data' / 'codesearchnet' / 'python' / 'final' / 'jsonl' / 'test', exist_ok=True)
     write_csn(str(d / 'data' / 'codesearchnet' / 'python' / 'final' / 'jsonl' / 'test' / 'python_test_0.jsonl.gz'),
               'python', 6)
-    rc, out, err = run_eval('--exit', '4', '--out_dir', str(tmp_path / 'ev'), '--plot=false', cwd=d)
+    rc, out, err = run_eval('--exit', '4', '--out_dir', str(tmp_path / 'ev'), '--plot=false', '--threads=1', cwd=d)
     assert rc == 0, out + err
     res = json.load(open(tmp_path / 'ev' / 'results.json'))
     assert set(res['tasks']) == {'csn', 'code-code'}
