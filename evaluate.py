@@ -52,6 +52,7 @@ of `batch_size` as in the evaluation; the median of repeated passes.
 """
 import json
 import os
+import re
 import sys
 import time
 
@@ -336,6 +337,35 @@ def retrieval_metrics(q, c, batches, ids, top=100, ndcg_k=10):
     return np.concatenate(ranks) if ranks else np.zeros(0), preds
 
 
+_TERM = re.compile(r'[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+')
+
+
+def bm25_terms(text):
+    """Lower-cased words, identifiers split at snake_case and camelCase (getHTTPResponse -> get http response)."""
+    return [t.lower() for t in _TERM.findall(text)]
+
+
+def bm25_scores(queries, docs, k1=1.2, b=0.75):
+    """Okapi BM25 (Robertson and Zaragoza 2009) of every query against every document, the
+    documents being the index: (Q, N) scores. idf = ln(1 + (N - df + 0.5) / (df + 0.5)) (Lucene's)."""
+    vocab = {}
+    doc_terms = [[vocab.setdefault(t, len(vocab)) for t in bm25_terms(d)] for d in docs]
+    N, V = len(docs), len(vocab)
+    tf = np.zeros((N, V), dtype=np.float32)
+    for i, terms in enumerate(doc_terms):
+        np.add.at(tf[i], terms, 1.0)
+    lengths = tf.sum(1, keepdims=True)
+    df = (tf > 0).sum(0)
+    idf = np.log1p((N - df + 0.5) / (df + 0.5)).astype(np.float32)
+    weight = idf * tf * (k1 + 1) / (tf + k1 * (1 - b + b * lengths / max(lengths.mean(), 1e-9)))  # (N, V)
+    qv = np.zeros((len(queries), V), dtype=np.float32)
+    for i, q in enumerate(queries):
+        for t in bm25_terms(q):
+            if t in vocab:
+                qv[i, vocab[t]] += 1.0
+    return qv @ weight.T                                                                          # (Q, N)
+
+
 def write_lines(path, lines):
     """Atomic write of text lines (temp file, then os.replace)."""
     tmp = f"{path}.tmp"
@@ -409,6 +439,7 @@ if __name__ == '__main__':
     poj104_path = ''                 # POJ-104 jsonl ({label, index, code}), e.g. test.jsonl
     bcb_dir = 'data/bigclonebench'   # data.jsonl + {split}.txt
     limit = 0                        # > 0: only the first N rows / pairs of each task (a quick look, not comparable)
+    bm25 = False                     # also score csn / code-code / ct with BM25 on the same batches (a baseline)
     # inference
     max_len = 512                    # tokens per input, prompt and <cls> included (CodeXGLUE's usual 512)
     batch_size = 64
@@ -648,6 +679,11 @@ if __name__ == '__main__':
                         per[e][lang] = {'mrr': mrr(ranks), 'ndcg@10': ndcg_at(ranks, 10),
                                         f'mrr@{pred_top}': mrr_at(ranks, pred_top)}
                         lines[e] += [json.dumps({'url': q, 'answers': a}) for q, a in preds]
+                    if bm25:  # the same queries, candidates and batches, scored by term overlap
+                        texts = [(r['query'], r['code']) for r in rows]
+                        ranks = np.concatenate([target_ranks(bm25_scores([texts[i][0] for i in bt], [texts[i][1] for i in bt]))
+                                                for bt in batches])
+                        res.setdefault('bm25', {})[lang] = {'mrr': mrr(ranks), 'ndcg@10': ndcg_at(ranks, 10)}
                 for e in exits:
                     m = {k: float(np.mean([v[k] for v in per[e].values()])) for k in next(iter(per[e].values()))}
                     if t == 'csn':
@@ -734,6 +770,11 @@ if __name__ == '__main__':
               f"({info['timing']['mean_tokens']:.0f} tokens) in batches of {batch_size}, {device} {dtype}"
               + (f", {torch.get_num_threads()} thread(s)" if device_type == 'cpu' else ''))
         print(format_table(header, rows))
+        for t in kind_tasks:
+            if 'bm25' in results['tasks'][t]:
+                b = results['tasks'][t]['bm25']
+                print(f"BM25 on the same {t} batches: MRR {100 * np.mean([v['mrr'] for v in b.values()]):.2f}, "
+                      f"NDCG@10 {100 * np.mean([v['ndcg@10'] for v in b.values()]):.2f}")
         if 'csn' in kind_tasks and len(data['csn']) > 1:
             langs = list(data['csn'])
             print('\ncsn MRR by language (%)')

@@ -7,6 +7,7 @@ cases; the stage itself runs as a subprocess, as a user runs it.
 """
 import gzip
 import json
+import math
 import os
 import subprocess
 import sys
@@ -526,3 +527,26 @@ def test_bad_benchmark_files(bench, tmp_path, case):
     if case == 'malformed':  # 'all' skips absent data, never a broken file
         rc, out, err = run_eval('--task=all', f'--poj104_path={p}', cwd=bench)
         assert_one_line_error(rc, out, err, frag)
+
+
+def test_bm25_equals_the_formula_written_out():
+    from evaluate import bm25_scores, bm25_terms
+    assert bm25_terms('getHTTPResponse(url_path, 42)') == ['get', 'http', 'response', 'url', 'path', '42']
+    docs = ['def read_file(path): return open(path).read()', 'def add(a, b): return a + b',
+            'class FileReader: def read(self): pass']
+    queries = ['read file', 'add numbers', 'nothing matches here']
+    got = bm25_scores(queries, docs, k1=1.2, b=0.75)
+    toks = [bm25_terms(d) for d in docs]
+    avg = sum(map(len, toks)) / len(toks)
+    for i, q in enumerate(queries):
+        for j, d in enumerate(toks):
+            ref = 0.0
+            for t in bm25_terms(q):
+                df = sum(t in x for x in toks)
+                if df == 0:
+                    continue
+                idf = math.log(1 + (len(toks) - df + 0.5) / (df + 0.5))
+                f = d.count(t)
+                ref += idf * f * 2.2 / (f + 1.2 * (0.25 + 0.75 * len(d) / avg))
+            assert got[i, j] == pytest.approx(ref, rel=1e-5)
+    assert got[0].argmax() == 0 and got[1].argmax() == 1 and not got[2].any()
