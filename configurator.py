@@ -30,7 +30,8 @@ class ConfigError(ValueError):
 
 
 def _is_config_value(key, value):
-    return not key.startswith('_') and isinstance(value, (bool, int, float, str, list, tuple, type(None)))
+    # ALL_CAPS module constants (TASKS = (...)) are not settings
+    return not key.startswith('_') and not key.isupper() and isinstance(value, (bool, int, float, str, list, tuple, type(None)))
 
 
 def _nearest(key, known):
