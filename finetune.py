@@ -18,6 +18,7 @@ global batch of negatives; with gradient accumulation the same holds through Gra
 al. 2021): embeddings first, then the loss's gradient w.r.t. them, then each micro-batch again.
 Clone: `<sep>{snippet 1}<sep>{snippet 2}<cls>` and one binary classifier per exit on <cls>.
 """
+import json
 import os
 import re
 import string
@@ -403,7 +404,7 @@ if __name__ == '__main__':
     def log(entry):
         if master:
             with open(os.path.join(out_dir, 'log.jsonl'), 'a') as f:
-                f.write(__import__('json').dumps(entry) + '\n')
+                f.write(json.dumps(entry) + '\n')
 
     def report_eval(res):
         log({'step': step, 'eval': {str(e): r for e, r in res.items()}})

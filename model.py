@@ -14,7 +14,7 @@ is the pooled representation (paper Fig. 2; FlashAttention-2 friendly).
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 
 import torch
 import torch.nn as nn

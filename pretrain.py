@@ -14,7 +14,6 @@ at intervals on all ranks; checkpoints are step-numbered, atomic and hold what a
 needs (model, optimiser, every rank's RNG, data position, config).
 """
 import json
-import math
 import os
 import sys
 import time

@@ -1,8 +1,6 @@
 """Tests of model.py. Run: python -m pytest tests/test_model.py -q"""
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
