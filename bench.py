@@ -42,11 +42,9 @@ embd_dropout = 0.0
 init_std = 0.018042
 exit_layers = [4, 9, 18, 27, 36]
 conditional_size = 4
-# keys the pre-training configs also set; unused here
-total_batch_tokens = 0
-max_steps = 0
-log_interval = 0
-learning_rate = 0.0
+# keys the pre-training config files also set, accepted and unused here
+out_dir, total_batch_tokens, max_steps, warmup_steps, learning_rate, lr_milestones = '', 0, 0, 0, 0.0, []
+log_interval, eval_interval, eval_batches, ckpt_interval = 0, 0, 0, 0
 exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
 # -----------------------------------------------------------------------------
 
