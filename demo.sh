@@ -34,7 +34,7 @@ else
     $PY finetune.py config/finetune_tiny.py --task=retrieval --max_steps="$FINETUNE_STEPS" --eval_interval=30 --ckpt_interval=30
 fi
 
-stage "evaluate every exit on the held-out repositories (one forward for all exits)"
-$PY evaluate.py --exit=all
+stage "evaluate every exit on the held-out repositories (one forward for all exits), next to BM25"
+$PY evaluate.py --exit=all --max_len=128 --bm25=true
 
 stage "done"
