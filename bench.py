@@ -8,13 +8,12 @@ Starcoder2Model (made bidirectional, with the same heads and loss) in the same r
 """
 import os
 import time
-from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
 
 from model import MoSE, MoSEConfig
-from training import auto_dtype, mask_tokens, peak_flops
+from training import autocast_context, mask_tokens, peak_flops
 
 # -----------------------------------------------------------------------------
 batch_size = 8
@@ -49,10 +48,7 @@ exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator
 # -----------------------------------------------------------------------------
 
 device_type = 'cuda' if device.startswith('cuda') else 'cpu'
-if dtype == 'auto':
-    dtype = auto_dtype(device_type)
-ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}[dtype]
-autocast = nullcontext() if ptdtype == torch.float32 else torch.autocast(device_type, dtype=ptdtype)
+dtype, ptdtype, autocast = autocast_context(device_type, dtype)
 if device_type == 'cuda':
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
 torch.manual_seed(seed)

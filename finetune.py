@@ -25,13 +25,14 @@ import string
 import sys
 import time
 from collections import Counter
-from contextlib import nullcontext
 from dataclasses import replace
 
 import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+
+from evaluate import mrr as ev_mrr, precision_recall_f1, target_ranks
 
 WORD = re.compile(r'\b[A-Za-z_][A-Za-z0-9_]*\b')
 
@@ -81,17 +82,8 @@ def gather_rows(z):
 
 
 def mrr(scores):
-    """scores (Q, N), query i's target is candidate i; rank = candidates scoring >= the target
-    (ties count against the model, the target counts itself); mean reciprocal rank."""
-    target = scores.diagonal()[:, None]
-    return (1.0 / (scores >= target).sum(1).float()).mean().item()
-
-
-def f1_binary(pred, gold):
-    tp = ((pred == 1) & (gold == 1)).sum().item()
-    p = tp / max((pred == 1).sum().item(), 1)
-    r = tp / max((gold == 1).sum().item(), 1)
-    return 2 * p * r / (p + r) if p + r else 0.0
+    """scores (Q, N), query i's target is candidate i: evaluate.py's MRR (pessimistic ties)."""
+    return ev_mrr(target_ranks(scores.numpy()))
 
 
 if __name__ == '__main__':
@@ -100,7 +92,7 @@ if __name__ == '__main__':
     from data import load_bigclonebench, read_pairs
     from model import MoSE, config_from_dict, config_to_dict, load_state
     from tokenizer import check_tokenizer, get_tokenizer
-    from training import (EpochSampler, Objective, UserError, all_reduce_sum, auto_dtype, batch_rows, ensure_writable,
+    from training import (EpochSampler, Objective, UserError, all_reduce_sum, autocast_context, batch_rows, ensure_writable,
                           gather_rng_states,
                           left_pad, list_checkpoints, load_checkpoint, lr_at, rng_state, save_checkpoint,
                           set_rng_state, setup_distributed, truncate_log)
@@ -162,10 +154,7 @@ if __name__ == '__main__':
     ddp, rank, local_rank, world_size, device = setup_distributed(device)
     master = rank == 0
     device_type = 'cuda' if device.startswith('cuda') else 'cpu'
-    if dtype == 'auto':
-        dtype = auto_dtype(device_type)
-    ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}[dtype]
-    autocast = nullcontext() if ptdtype == torch.float32 else torch.autocast(device_type, dtype=ptdtype)
+    dtype, ptdtype, autocast = autocast_context(device_type, dtype)
     torch.manual_seed(seed + rank)
     if total_batch % (batch_size * world_size):
         fail(f"total_batch={total_batch} is not divisible by batch_size x world_size = {batch_size} x {world_size}")
@@ -387,7 +376,7 @@ if __name__ == '__main__':
                 if task == 'clone':
                     pred = torch.cat([o[e] for _, o in gathered])
                     gold = torch.tensor([rows[j][2] for j in order])
-                    results.setdefault(e, {})['f1'] = f1_binary(pred, gold)
+                    results.setdefault(e, {})['f1'] = precision_recall_f1(pred.numpy(), gold.numpy())[2]
                     continue
                 # each rank's output is its queries' then its codes' embeddings, per batch: undo that
                 qs, cs = [], []

@@ -17,7 +17,6 @@ import json
 import os
 import sys
 import time
-from contextlib import nullcontext
 from dataclasses import fields
 
 import numpy as np
@@ -27,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from data import load_icc
 from model import MoSE, MoSEConfig, config_from_dict, config_to_dict
 from tokenizer import get_tokenizer
-from training import (EpochSampler, Objective, UserError, all_reduce_sum, auto_dtype, batch_rows, ensure_writable,
+from training import (EpochSampler, Objective, UserError, all_reduce_sum, autocast_context, batch_rows, ensure_writable,
                       gather_rng_states, left_pad,
                       list_checkpoints, load_checkpoint, lr_at, mask_tokens, peak_flops, save_checkpoint,
                       set_rng_state, setup_distributed, truncate_log)
@@ -99,10 +98,7 @@ def fail(msg):
 ddp, rank, local_rank, world_size, device = setup_distributed(device)
 master = rank == 0
 device_type = 'cuda' if device.startswith('cuda') else 'cpu'
-if dtype == 'auto':
-    dtype = auto_dtype(device_type)
-ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}[dtype]
-autocast = nullcontext() if ptdtype == torch.float32 else torch.autocast(device_type, dtype=ptdtype)
+dtype, ptdtype, autocast = autocast_context(device_type, dtype)
 torch.manual_seed(seed + rank)
 if device_type == 'cuda':
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True

@@ -3,6 +3,7 @@ What pretrain.py and finetune.py share: distributed setup, the sample order, lef
 batches, MLM masking, the learning-rate schedule, peak FLOPs for MFU, and step-numbered
 atomic checkpoints that hold everything needed for an exact resume.
 """
+import contextlib
 import functools
 import glob
 import json
@@ -66,6 +67,17 @@ def auto_dtype(device_type):
     except OSError:
         flags = []
     return 'bfloat16' if {'avx512_bf16', 'amx_bf16'} & set(flags) else 'float32'
+
+
+def autocast_context(device_type, dtype):
+    """Resolve a stage's `dtype` setting ('auto' -> auto_dtype) into (name, torch dtype, autocast
+    context); float32 runs without autocast."""
+    dtype = auto_dtype(device_type) if dtype == 'auto' else dtype
+    ptdtypes = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}
+    if dtype not in ptdtypes:
+        raise UserError(f"dtype {dtype!r}: expected auto, float32, bfloat16 or float16")
+    pt = ptdtypes[dtype]
+    return dtype, pt, contextlib.nullcontext() if pt == torch.float32 else torch.autocast(device_type, dtype=pt)
 
 
 # -----------------------------------------------------------------------------
