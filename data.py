@@ -32,7 +32,27 @@ MAGIC, VERSION, DTYPE_UINT32 = 0x4D6F5345, 1, 4
 HEADER_BYTES = 8 * 8
 
 
-# ----------------------------------------------------------------------------- atomic writes
+# ----------------------------------------------------------------------------- output directories and atomic writes
+
+def make_dirs(path):
+    """os.makedirs(path, exist_ok=True), returning the directories it created, outermost first, so
+    that a run stopped by bad input can take them back (remove_empty_dirs) and leave nothing behind."""
+    new, p = [], os.path.abspath(path)
+    while not os.path.exists(p):
+        new.append(p)
+        p = os.path.dirname(p)
+    os.makedirs(path, exist_ok=True)
+    return new[::-1]
+
+
+def remove_empty_dirs(dirs):
+    """Remove those of `dirs` that are still empty, innermost first (a directory with files stays)."""
+    for d in reversed(dirs):
+        try:
+            os.rmdir(d)
+        except OSError:
+            pass
+
 
 @contextlib.contextmanager
 def atomic_open(path, mode='w', **kw):

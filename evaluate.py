@@ -416,10 +416,10 @@ if __name__ == '__main__':
     from contextlib import nullcontext
 
     from data import (load_bigclonebench, load_codesearchnet, load_codexglue_ct, load_poj104, read_pairs,
-                      write_json)
+                      remove_empty_dirs, write_json)
     from model import MoSE, config_from_dict, load_state
     from tokenizer import check_tokenizer, get_tokenizer
-    from training import list_checkpoints, load_checkpoint
+    from training import ensure_writable, list_checkpoints, load_checkpoint
 
     # -------------------------------------------------------------------------
     task = 'default'                 # 'default' (csn + code-code on local data), 'all', or a comma list of
@@ -463,10 +463,17 @@ if __name__ == '__main__':
     # -------------------------------------------------------------------------
 
     def fail(msg):
+        remove_empty_dirs(created)
         sys.exit(f"error: {msg}")
 
     def note(msg):
         print(f"note: {msg}")
+
+    try:  # before any work: an unwritable out_dir is found now, not after the evaluation
+        created = ensure_writable(out_dir)
+    except OSError as e:
+        created = []
+        fail(f"out_dir {out_dir!r} is not writable ({e.strerror or e})")
 
     if threads > 0:
         torch.set_num_threads(threads)

@@ -89,12 +89,11 @@ def mrr(scores):
 if __name__ == '__main__':
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    from data import load_bigclonebench, read_pairs
+    from data import load_bigclonebench, read_pairs, remove_empty_dirs
     from model import MoSE, config_from_dict, config_to_dict, load_state
     from tokenizer import check_tokenizer, get_tokenizer
     from training import (EpochSampler, Objective, UserError, all_reduce_sum, autocast_context, batch_rows, ensure_writable,
-                          gather_rng_states,
-                          left_pad, list_checkpoints, load_checkpoint, lr_at, rng_state, save_checkpoint,
+                          gather_rng_states, left_pad, list_checkpoints, load_checkpoint, lr_at, rng_state, save_checkpoint,
                           set_rng_state, setup_distributed, truncate_log)
 
     # -------------------------------------------------------------------------
@@ -141,7 +140,10 @@ if __name__ == '__main__':
     config = {k: globals()[k] for k in config_keys}
     # -------------------------------------------------------------------------
 
+    created = []  # directories this run made: a run stopped by bad input takes them back if still empty
+
     def fail(msg):
+        remove_empty_dirs(created)
         sys.exit(f"error: {msg}")
 
     if task not in ('retrieval', 'clone'):
@@ -164,7 +166,7 @@ if __name__ == '__main__':
 
     if master:
         try:
-            ensure_writable(out_dir)
+            created = ensure_writable(out_dir)
         except OSError as e:
             fail(f"out_dir {out_dir!r} is not writable ({e.strerror or e})")
 
@@ -217,6 +219,11 @@ if __name__ == '__main__':
             if not found:
                 fail(f"init_from='resume' but {out_dir} holds no checkpoint")
             ckpt = load_checkpoint(found[-1])
+            theirs = ckpt.get('config', {})  # what the model and the data stream depend on
+            differ = [f"{k}={theirs.get(k)!r} here {config[k]!r}" for k in ('task', 'single_exit', 'max_len', 'tokenizer')
+                      if theirs.get(k) != config[k]]
+            if differ:
+                fail(f"{found[-1]} is a checkpoint of another config: {', '.join(differ)}")
             model = MoSE(config_from_dict(ckpt['model_config'], where=found[-1]))
             load_state(model, ckpt['model'], where=found[-1])
             step, data_pos = ckpt['step'], ckpt['data_pos']

@@ -99,6 +99,14 @@ def say(*a):
     print(*a, flush=True)
 
 
+created = []  # directories this run made: a run stopped by bad input takes them back if still empty
+
+
+def mkdir(path):
+    from data import make_dirs
+    created.extend(make_dirs(path))
+
+
 # ----------------------------------------------------------------------------- corpus
 
 def read_source(path):
@@ -651,11 +659,11 @@ def build_finetune(repos, which, source, fingerprint):
             code_code[split_of[fa['repo']]].append(pair_row('code-code', ca, 'python', cb, 'python', fa['repo'],
                                                             f"{url(fa)}|{url(fb)}"))
         rdir = os.path.join(out_dir, 'retrieval')
-        os.makedirs(rdir, exist_ok=True)
+        mkdir(rdir)
         for s in splits:
             write_pairs(os.path.join(rdir, f'{s}.jsonl'), text_code[s] + code_code[s])
             cdir = os.path.join(out_dir, 'codesearchnet', 'python', 'final', 'jsonl', s)
-            os.makedirs(cdir, exist_ok=True)
+            mkdir(cdir)
             with atomic_open(os.path.join(cdir, f'python_{s}_0.jsonl.gz'), 'wt', encoding='utf-8') as fh:
                 for r in csn[s]:
                     fh.write(json.dumps(r, ensure_ascii=False) + '\n')
@@ -681,7 +689,7 @@ def build_finetune(repos, which, source, fingerprint):
                 pos[split_of[funcs[x]['repo']]].append((x, y))
         by_split = {s: [g for g in ok if split_of[funcs[reps[g][0]]['repo']] == s] for s in splits}
         bdir = os.path.join(out_dir, 'bigclonebench')
-        os.makedirs(bdir, exist_ok=True)
+        mkdir(bdir)
         idx, lines = {}, {}
         for s in splits:
             negs, pool_ = set(), by_split[s]
@@ -762,7 +770,7 @@ def run_icc(repos, source, fingerprint):
     from tokenizer import get_tokenizer
     tok = get_tokenizer(tokenizer)
     icc_dir = os.path.join(out_dir, 'icc')
-    os.makedirs(icc_dir, exist_ok=True)
+    mkdir(icc_dir)
     settings = {'source': source, 'corpus_sha256': fingerprint, 'tokenizer': tok.meta(),
                 'max_len': max_len, 'snippet_len': snippet_budget(), 'val_fraction': val_fraction, 'seed': seed, 'shard_tokens': shard_tokens,
                 'max_bytes': max_bytes}
@@ -871,7 +879,7 @@ def run_synthconl(path):
     say(f"synthconl: near-dedup removed {st['removed']:,} of {len(rows):,} rows ({st['removed'] / len(rows):.1%}), "
         f"{st['rows_per_s']:,.0f} rows/s")
     pairs = synthconl_to_pairs([rows[i] for i in kept])
-    os.makedirs(os.path.join(out_dir, 'synthconl'), exist_ok=True)
+    mkdir(os.path.join(out_dir, 'synthconl'))
     out = os.path.join(out_dir, 'synthconl', 'train.jsonl')
     write_pairs(out, pairs)
     say(f"synthconl: wrote {len(pairs):,} pairs to {out}")
@@ -882,7 +890,7 @@ def run_codesearchnet(path):
     rows = load_codesearchnet(path, skip_bad=skip_bad_lines)
     pairs = [pair_row('text-code', r['query'], None, r['code'], r['language'], r['repo'], r['id'])
              for r in rows if r['query'].strip() and r['code'].strip()]
-    os.makedirs(os.path.join(out_dir, 'retrieval'), exist_ok=True)
+    mkdir(os.path.join(out_dir, 'retrieval'))
     out = os.path.join(out_dir, 'retrieval', 'codesearchnet.jsonl')
     write_pairs(out, pairs)
     say(f"codesearchnet: wrote {len(pairs):,} text-code pairs (docstrings stripped from code) to {out}")
@@ -947,7 +955,7 @@ if __name__ == '__main__':
             raise ValueError(f"--task={task!r}: expected one of {', '.join(TASKS)}")
         if not 0 <= val_fraction < 1 or not 0 <= heldout_fraction < 0.5:
             raise ValueError("val_fraction must be in [0, 1) and heldout_fraction in [0, 0.5)")
-        os.makedirs(out_dir, exist_ok=True)
+        mkdir(out_dir)
         if task == 'synthconl':
             if not input:
                 raise ValueError("--task=synthconl needs --input=<SynthCoNL .parquet/.jsonl file or directory>")
@@ -967,5 +975,7 @@ if __name__ == '__main__':
             if task == 'dedup-bench':
                 run_dedup_bench(repos)
     except (ValueError, FileNotFoundError, ImportError, OSError, RuntimeError) as e:
+        from data import remove_empty_dirs
+        remove_empty_dirs(created)
         sys.exit(f"error: {e}")
     say(f"done in {time.time() - t_start:.1f}s")

@@ -23,13 +23,12 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from data import load_icc
+from data import load_icc, remove_empty_dirs
 from model import MoSE, MoSEConfig, config_from_dict, config_to_dict
 from tokenizer import get_tokenizer
 from training import (EpochSampler, Objective, UserError, all_reduce_sum, autocast_context, batch_rows, ensure_writable,
-                      gather_rng_states, left_pad,
-                      list_checkpoints, load_checkpoint, lr_at, mask_tokens, peak_flops, save_checkpoint,
-                      set_rng_state, setup_distributed, truncate_log)
+                      gather_rng_states, left_pad, list_checkpoints, load_checkpoint, lr_at, mask_tokens, peak_flops,
+                      save_checkpoint, set_rng_state, setup_distributed, truncate_log)
 
 # -----------------------------------------------------------------------------
 # I/O
@@ -91,7 +90,11 @@ exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator
 config = {k: globals()[k] for k in config_keys}
 # -----------------------------------------------------------------------------
 
+created = []  # directories this run made: a run stopped by bad input takes them back if still empty
+
+
 def fail(msg):
+    remove_empty_dirs(created)
     sys.exit(f"error: {msg}")
 
 
@@ -115,7 +118,7 @@ if master:
 
 if master:
     try:
-        ensure_writable(out_dir)
+        created = ensure_writable(out_dir)
     except OSError as e:
         fail(f"out_dir {out_dir!r} is not writable ({e.strerror or e})")
 
@@ -143,6 +146,9 @@ def get_batch(split, first_row):
     idx = left_pad([s.astype(np.int64) for s in seqs], tok.pad_id)                          # (B, T)
     gen = torch.Generator().manual_seed(seed * 1_000_003 + first_row + (0 if split == 'train' else 1 << 40))
     inputs, positions, targets = mask_tokens(idx, tok.special_ids, tok.n_vocab, tok.mask_id, gen, mlm_rate)
+    if len(targets) == 0:  # only specials: the MLM loss is undefined; prepare.py never writes such rows
+        fail(f"{data_dir}: {split} rows {first_row}..{first_row + batch_size - 1} of the stream hold no token to mask "
+             f"(empty snippets); rebuild the shards with prepare.py")
     mask = idx != tok.pad_id
     to = lambda t: t.pin_memory().to(device, non_blocking=True) if device_type == 'cuda' else t
     return to(inputs), to(mask), to(positions), to(targets), to(torch.tensor(labels, dtype=torch.long))
@@ -246,12 +252,12 @@ def report_eval(res):
 # training loop
 if master:
     truncate_log(os.path.join(out_dir, 'log.jsonl'), step)
+batch = get_batch('train', data_pos + batch_rows(0, 0, grad_accum, world_size, rank, batch_size)[0])
 if step == 0 or step >= max_steps:
     report_eval(evaluate())
 t_start = t_log = time.time()
 cpu_start = time.process_time()
 tokens_since, flops_since, step_logged = 0, 0.0, step
-batch = get_batch('train', data_pos + batch_rows(0, 0, grad_accum, world_size, rank, batch_size)[0])
 while step < max_steps:
     lr = lr_at(step, learning_rate, warmup_steps, lr_milestones)
     for group in optimizer.param_groups:

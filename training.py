@@ -16,6 +16,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from data import make_dirs, remove_empty_dirs
+
 
 class UserError(Exception):
     """Bad input from the user: the stage prints one line and exits non-zero, no traceback."""
@@ -231,10 +233,16 @@ CKPT_RE = re.compile(r'ckpt_(\d{7})\.pt$')
 
 
 def ensure_writable(out_dir):
-    """Create out_dir and prove it takes files, before any work is done (raises OSError)."""
-    os.makedirs(out_dir, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=out_dir):
-        pass
+    """Create out_dir and prove it takes files, before any work is done (raises OSError). Returns
+    the directories it created (see make_dirs)."""
+    created = make_dirs(out_dir)
+    try:
+        with tempfile.NamedTemporaryFile(dir=out_dir):
+            pass
+    except OSError:
+        remove_empty_dirs(created)
+        raise
+    return created
 
 
 def checkpoint_path(out_dir, step):
