@@ -6,6 +6,7 @@ Starcoder2Model (made bidirectional, with the same heads and loss) in the same r
     python bench.py config/mose_tiny.py                 # CPU, fp32
     python bench.py config/mose_1b.py --batch_size=8 --block_size=2048 --compile=true   # one GPU, bf16
 """
+import copy
 import os
 import time
 
@@ -69,35 +70,30 @@ flops_per_step = 3 * model.estimate_flops(block_size, mlm_tokens=len(targets) / 
 peak = peak_flops(device, ptdtype if device_type == 'cpu' else torch.bfloat16)
 
 
-def time_steps(step_fn, params, name):
+def make_step(loss_fn, params):
     opt = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.95), eps=1e-6, fused=device_type == 'cuda')
-    times = []
-    for i in range(warmup + steps):
-        if device_type == 'cuda':
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
+
+    def step():
         with autocast:
-            loss = step_fn()
+            loss = loss_fn()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        if device_type == 'cuda':
-            torch.cuda.synchronize()
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
-    dt = sorted(times)[len(times) // 2]  # median step
-    tok_s = batch_size * block_size / dt
-    mfu = flops_per_step / dt / peak if peak else float('nan')
-    print(f"{name:>14}: {dt * 1000:8.1f} ms/step | {tok_s:10,.0f} tok/s | mfu {100 * mfu:5.1f}% | loss {loss.item():.4f}")
-    return dt
+        return loss
+    return step
+
+
+def sync():
+    if device_type == 'cuda':
+        torch.cuda.synchronize()
 
 
 print(f"device {device} ({torch.cuda.get_device_name(device) if device_type == 'cuda' else 'cpu'}), {dtype}, "
       f"{torch.get_num_threads()} threads, batch {batch_size} x {block_size}, {model.num_params() / 1e6:.1f}M parameters, "
       f"peak {peak / 1e12 if peak else float('nan'):.2f} TFLOP/s")
-ours_step = torch.compile(model.pretrain_loss) if compile else model.pretrain_loss
-dt_ours = time_steps(lambda: ours_step(batch[0], None, *batch[1:])[0], list(model.parameters()), 'model.py')
+ours_loss = torch.compile(model.pretrain_loss) if compile else model.pretrain_loss
+runners = {'model.py': make_step(lambda: ours_loss(batch[0], None, *batch[1:])[0], list(model.parameters()))}
 
 try:
     import transformers
@@ -115,19 +111,38 @@ if compare_transformers and transformers is not None:
     for layer in hf.layers:
         layer.self_attn.is_causal = False  # ... and SDPA is not told to apply one
     hf.load_state_dict({k: v for k, v in model.state_dict().items() if k.split('.')[0] in ('embed_tokens', 'layers', 'norm')})
-    heads = [model.exit_embedding, model.mlm_head, model.icc_head]  # the same heads and loss as model.py
+    heads = copy.deepcopy(model)  # the same heads and loss as model.py, as a separate copy of the weights
+    head_params = [p for m in (heads.exit_embedding, heads.mlm_head, heads.icc_head) for p in m.parameters()]
 
     def hf_loss():
         hs = hf(input_ids=batch[0], output_hidden_states=True).hidden_states
         total = 0.0
         for e in cfg.exit_layers:
-            total = total + e / n_layer * (F.cross_entropy(model.mlm_logits(hs[e], e, batch[1]).float(), batch[2]) +
-                                           F.cross_entropy(model.icc_logits(hs[e], e).float(), batch[3]))
+            total = total + e / n_layer * (F.cross_entropy(heads.mlm_logits(hs[e], e, batch[1]).float(), batch[2]) +
+                                           F.cross_entropy(heads.icc_logits(hs[e], e).float(), batch[3]))
         return total
 
-    with torch.no_grad(), autocast:  # same function first
+    with torch.no_grad(), autocast:  # the same function first
         diff = (hf_loss() - model.pretrain_loss(batch[0], None, *batch[1:])[0]).abs().item()
     print(f"loss difference model.py vs transformers: {diff:.2e}")
-    hf_step = torch.compile(hf_loss) if compile else hf_loss
-    dt_hf = time_steps(hf_step, list(hf.parameters()) + [p for h in heads for p in h.parameters()], 'transformers')
-    print(f"model.py is {dt_hf / dt_ours:.2f}x transformers' Starcoder2Model on this step")
+    runners['transformers'] = make_step(torch.compile(hf_loss) if compile else hf_loss,
+                                        list(hf.parameters()) + head_params)
+
+# the implementations take turns step by step, so that a machine whose speed drifts (a shared CPU,
+# clocks) slows them alike; each starts from the same weights and sees the same batch
+times = {name: [] for name in runners}
+for i in range(warmup + steps):
+    for name, step in runners.items():
+        sync()
+        t0 = time.perf_counter()
+        step()
+        sync()
+        if i >= warmup:
+            times[name].append(time.perf_counter() - t0)
+dts = {}
+for name, ts in times.items():
+    dts[name] = dt = sorted(ts)[len(ts) // 2]  # median step
+    mfu = flops_per_step / dt / peak if peak else float('nan')
+    print(f"{name:>14}: {dt * 1000:8.1f} ms/step | {batch_size * block_size / dt:10,.0f} tok/s | mfu {100 * mfu:5.1f}%")
+if 'transformers' in dts:
+    print(f"model.py is {dts['transformers'] / dts['model.py']:.2f}x transformers' Starcoder2Model on this step")

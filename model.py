@@ -184,36 +184,41 @@ class LinearCrossEntropy(torch.autograd.Function):
     """Mean cross-entropy of logits = x @ W^T + b against `targets`, in row chunks, so that the
     (N, V) logits never exist in full (the idea of Liger's fused linear cross-entropy and of Cut
     Cross-Entropy, Wijmans et al. 2024). The gradient of cross-entropy w.r.t. the logits is
-    softmax - onehot, so the forward computes the gradients w.r.t. x, W and b chunk by chunk while
-    each chunk of logits is still in cache; the backward only scales them. Returns (loss, correct)."""
+    softmax - onehot, so the forward computes the gradients w.r.t. x, W and b chunk by chunk, one
+    chunk of logits at a time (chunk=0: as many rows as fit 256 MB of float32 logits); the backward
+    only scales them. Returns (loss, correct)."""
 
     @staticmethod
     def forward(ctx, x, W, b, targets, chunk, need_grad):
-        N = x.size(0)
+        N, dev = x.size(0), x.device.type
         need = [need_grad and n for n in ctx.needs_input_grad[:3]]
-        Wc = W.to(x.dtype)
+        # under autocast, cast x, W and b to the autocast dtype once here, not at every matmul
+        cdt = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
+        chunk = chunk or max(1, (1 << 26) // W.size(0))  # default: (chunk, V) fp32 logits of <= 256 MB
         loss = torch.zeros((), dtype=torch.float32, device=x.device)
         correct = torch.zeros((), dtype=torch.long, device=x.device)
         dx = torch.empty_like(x) if need[0] else None
-        dW = torch.zeros_like(W, dtype=torch.float32) if need[1] else None
+        dW = torch.zeros_like(W, dtype=torch.float32) if need[1] and N > chunk else None
         db = torch.zeros_like(b, dtype=torch.float32) if need[2] else None
-        for s in range(0, N, chunk):
-            xs, t = x[s:s + chunk], targets[s:s + chunk]
-            logits = torch.addmm(b.to(x.dtype), xs, Wc.t()).float()           # (c, V)
-            lse = logits.logsumexp(-1)                                        # (c,)
-            loss += (lse - logits.gather(1, t[:, None]).squeeze(1)).sum()
-            correct += (logits.argmax(-1) == t).sum()
-            if not any(need):
-                continue
-            p = logits.sub_(lse[:, None]).exp_()                              # softmax, in place
-            p[torch.arange(len(t), device=x.device), t] -= 1.0                # d(sum CE) / d logits
-            p = p.to(x.dtype)
-            if dx is not None:
-                dx[s:s + chunk] = p @ Wc
-            if dW is not None:
-                dW += (p.t() @ xs).float()
-            if db is not None:
-                db += p.sum(0, dtype=torch.float32)
+        with torch.autocast(dev, enabled=False):
+            xc, Wc, bc = x.to(cdt), W.to(cdt), b.to(cdt)
+            for s in range(0, N, chunk):
+                xs, t = xc[s:s + chunk], targets[s:s + chunk]
+                logp = torch.log_softmax(torch.addmm(bc, xs, Wc.t()), -1, dtype=torch.float32)  # (c, V)
+                loss -= logp.gather(1, t[:, None]).sum()
+                correct += (logp.argmax(-1) == t).sum()
+                if not any(need):
+                    continue
+                p = logp.exp_()                                                   # softmax, in place
+                p[torch.arange(len(t), device=x.device), t] -= 1.0                # d(sum CE) / d logits
+                p = p.to(cdt)
+                if dx is not None:
+                    dx[s:s + chunk] = p @ Wc
+                if need[1]:
+                    g = p.t() @ xs                                                # (V, C)
+                    dW = g if dW is None else dW.add_(g)
+                if db is not None:
+                    db += p.sum(0, dtype=torch.float32)
         ctx.save_for_backward(*(g if g is not None else torch.empty(0) for g in (dx, dW, db)))
         ctx.has, ctx.dtypes, ctx.N = (dx is not None, dW is not None, db is not None), (x.dtype, W.dtype, b.dtype), N
         return loss / N, correct
@@ -338,10 +343,10 @@ class MoSE(nn.Module):
         h = h.reshape(-1, h.size(-1))[positions]  # (N, C): never the whole sequence
         return self.mlm_head(self._condition(h, exit))
 
-    def mlm_loss(self, h, exit, positions, targets, chunk=256):
+    def mlm_loss(self, h, exit, positions, targets, chunk=0):
         """Mean MLM cross-entropy and the number of correct predictions at the masked positions,
         through LinearCrossEntropy: the same value as F.cross_entropy(mlm_logits(...), targets)
-        without materialising the (N, V) logits."""
+        without materialising the (N, V) logits. chunk: rows per chunk (0 = LinearCrossEntropy's default)."""
         x = h.reshape(-1, h.size(-1))[positions]                    # (N, C)
         head = self.mlm_head
         x = head.norm(F.gelu(head.dense(self._condition(x, exit)), approximate='tanh'))  # (N, C)

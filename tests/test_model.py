@@ -191,6 +191,21 @@ def test_fused_mlm_loss_equals_cross_entropy_on_full_logits(model, chunk):
         assert torch.allclose(model.mlm_loss(h, 4, positions, targets, chunk=chunk)[0], ref)
 
 
+@pytest.mark.parametrize('chunk', [0, 3])
+def test_fused_mlm_loss_under_bf16_autocast_matches_autocast_cross_entropy(model, chunk):
+    torch.manual_seed(0)
+    h = torch.randn(2, 10, 32, requires_grad=True)
+    positions, targets = torch.tensor([0, 3, 4, 11, 19]), torch.randint(0, 100, (5,))
+    params = [h, model.mlm_head.decoder.weight, model.mlm_head.decoder.bias]
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        loss, _ = model.mlm_loss(h, 4, positions, targets, chunk=chunk)
+        ref = F.cross_entropy(model.mlm_logits(h, 4, positions).float(), targets)
+    g_fused, g_ref = torch.autograd.grad(loss, params), torch.autograd.grad(ref, params)
+    assert abs(loss.item() - ref.item()) < 1e-2
+    for a, b in zip(g_fused, g_ref):
+        assert a.dtype == b.dtype == torch.float32 and torch.allclose(a, b, atol=2e-3, rtol=2e-2)
+
+
 def test_heads_are_conditioned_on_the_exit(model):
     h = torch.randn(2, 5, 32)
     assert not torch.allclose(model.icc_logits(h, 2), model.icc_logits(h, 4))
