@@ -56,3 +56,9 @@ def make_icc_dataset(out, n_train=48, n_val=16, max_len=64):
     with open(os.path.join(out, 'manifest.json'), 'w') as f:
         json.dump(manifest, f)
     return out
+
+
+def losses(out):
+    """{step: loss} of a pre-training run's log.jsonl."""
+    with open(os.path.join(out, 'log.jsonl')) as f:
+        return {e['step']: e['loss'] for e in map(json.loads, f) if 'loss' in e}

@@ -21,7 +21,7 @@ import time
 import pytest
 import torch
 
-from helpers import make_icc_dataset, stdlib_sources
+from helpers import losses, make_icc_dataset, stdlib_sources
 from model import MoSE, MoSEConfig, config_to_dict
 from tokenizer import get_tokenizer
 from training import list_checkpoints, load_checkpoint, save_checkpoint
@@ -67,11 +67,6 @@ def cli(kw):
 
 def pretrain_cmd(icc, out, **kw):
     return [sys.executable, 'pretrain.py'] + cli({**PRETRAIN, 'data_dir': icc, 'out_dir': str(out), **kw})
-
-
-def losses(out):
-    with open(os.path.join(out, 'log.jsonl')) as f:
-        return {e['step']: e['loss'] for e in map(json.loads, f) if 'loss' in e}
 
 
 def logged_step(out):

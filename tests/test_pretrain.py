@@ -9,7 +9,7 @@ import time
 import pytest
 import torch
 
-from helpers import make_icc_dataset
+from helpers import losses, make_icc_dataset
 from training import (batch_rows, left_pad, list_checkpoints, load_checkpoint, lr_at, mask_tokens,
                       sample_index, save_checkpoint)
 
@@ -37,11 +37,6 @@ def pretrain(icc, out, *extra, torchrun=0, wait=True, **kw):
     if not wait:
         return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
-
-
-def losses(out):
-    with open(os.path.join(out, 'log.jsonl')) as f:
-        return {e['step']: e['loss'] for e in map(json.loads, f) if 'loss' in e}
 
 
 def final_params(out):
