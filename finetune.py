@@ -456,5 +456,6 @@ if __name__ == '__main__':
             report_eval(evaluate())
         if step % ckpt_interval == 0 or step == max_steps:
             checkpoint()
-    if ddp:
+    if ddp:  # leave together: rank 0 may still be writing the last checkpoint
+        dist.barrier()
         dist.destroy_process_group()

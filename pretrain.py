@@ -319,5 +319,6 @@ while step < max_steps:
                   f"{time.process_time() - cpu_start:.0f}s CPU")
         break
 
-if ddp:
+if ddp:  # leave together: rank 0 may still be writing the last checkpoint
+    torch.distributed.barrier()
     torch.distributed.destroy_process_group()
