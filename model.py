@@ -186,7 +186,13 @@ class LinearCrossEntropy(torch.autograd.Function):
     Cross-Entropy, Wijmans et al. 2024). The gradient of cross-entropy w.r.t. the logits is
     softmax - onehot, so the forward computes the gradients w.r.t. x, W and b chunk by chunk, one
     chunk of logits at a time (chunk=0: as many rows as fit 256 MB of float32 logits); the backward
-    only scales them. Returns (loss, correct)."""
+    only scales them. Returns (loss, correct); a target tied with the row's largest logit counts
+    as correct.
+
+    The (c, V) passes are memory-bound, so there are as few as possible, all in the compute dtype:
+    one softmax, two row maxima, and the matmuls. The loss needs log-sum-exp, which the softmax
+    already holds: with m the largest logit, p_max = exp(m - lse), so lse = m - log(p_max), and
+    p_max >= 1/V never underflows."""
 
     @staticmethod
     def forward(ctx, x, W, b, targets, chunk, need_grad):
@@ -204,21 +210,23 @@ class LinearCrossEntropy(torch.autograd.Function):
             xc, Wc, bc = x.to(cdt), W.to(cdt), b.to(cdt)
             for s in range(0, N, chunk):
                 xs, t = xc[s:s + chunk], targets[s:s + chunk]
-                logp = torch.log_softmax(torch.addmm(bc, xs, Wc.t()), -1, dtype=torch.float32)  # (c, V)
-                loss -= logp.gather(1, t[:, None]).sum()
-                correct += (logp.argmax(-1) == t).sum()
+                logits = torch.addmm(bc, xs, Wc.t())                              # (c, V)
+                p = torch.softmax(logits, -1)                                     # (c, V)
+                m = logits.amax(-1).float()                                       # (c,)
+                lt = logits.gather(1, t[:, None]).squeeze(1).float()              # (c,) target logits
+                lse = m - p.amax(-1).float().log()                                # (c,)
+                loss += (lse - lt).sum()
+                correct += (lt >= m).sum()
                 if not any(need):
                     continue
-                p = logp.exp_()                                                   # softmax, in place
                 p[torch.arange(len(t), device=x.device), t] -= 1.0                # d(sum CE) / d logits
-                p = p.to(cdt)
                 if dx is not None:
                     dx[s:s + chunk] = p @ Wc
                 if need[1]:
                     g = p.t() @ xs                                                # (V, C)
                     dW = g if dW is None else dW.add_(g)
                 if db is not None:
-                    db += p.sum(0, dtype=torch.float32)
+                    db += (p.new_ones(1, len(t)) @ p).squeeze(0)                  # (V,): a matmul, not a slow reduction
         ctx.save_for_backward(*(g if g is not None else torch.empty(0) for g in (dx, dW, db)))
         ctx.has, ctx.dtypes, ctx.N = (dx is not None, dW is not None, db is not None), (x.dtype, W.dtype, b.dtype), N
         return loss / N, correct
