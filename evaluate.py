@@ -52,13 +52,13 @@ of `batch_size` as in the evaluation; the median of repeated passes.
 """
 import json
 import os
-import re
 import sys
 import time
 
 import numpy as np
 import torch
 
+from baselines import bm25_scores, bm25_terms  # noqa: F401  (evaluate.bm25_* kept for callers)
 from training import UserError, left_pad
 
 
@@ -337,33 +337,16 @@ def retrieval_metrics(q, c, batches, ids, top=100, ndcg_k=10):
     return np.concatenate(ranks) if ranks else np.zeros(0), preds
 
 
-_TERM = re.compile(r'[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+')
+def baseline_ranks(score, queries, docs, batches):
+    """Ranks of a baseline on the same batches as the model: score(queries, docs) -> (q, n) scores
+    of the texts of one batch."""
+    return np.concatenate([target_ranks(score([queries[i] for i in b], [docs[i] for i in b])) for b in batches])
 
 
-def bm25_terms(text):
-    """Lower-cased words, identifiers split at snake_case and camelCase (getHTTPResponse -> get http response)."""
-    return [t.lower() for t in _TERM.findall(text)]
-
-
-def bm25_scores(queries, docs, k1=1.2, b=0.75):
-    """Okapi BM25 (Robertson and Zaragoza 2009) of every query against every document, the
-    documents being the index: (Q, N) scores. idf = ln(1 + (N - df + 0.5) / (df + 0.5)) (Lucene's)."""
-    vocab = {}
-    doc_terms = [[vocab.setdefault(t, len(vocab)) for t in bm25_terms(d)] for d in docs]
-    N, V = len(docs), len(vocab)
-    tf = np.zeros((N, V), dtype=np.float32)
-    for i, terms in enumerate(doc_terms):
-        np.add.at(tf[i], terms, 1.0)
-    lengths = tf.sum(1, keepdims=True)
-    df = (tf > 0).sum(0)
-    idf = np.log1p((N - df + 0.5) / (df + 0.5)).astype(np.float32)
-    weight = idf * tf * (k1 + 1) / (tf + k1 * (1 - b + b * lengths / max(lengths.mean(), 1e-9)))  # (N, V)
-    qv = np.zeros((len(queries), V), dtype=np.float32)
-    for i, q in enumerate(queries):
-        for t in bm25_terms(q):
-            if t in vocab:
-                qv[i, vocab[t]] += 1.0
-    return qv @ weight.T                                                                          # (Q, N)
+def chance_mrr(batches):
+    """Expected MRR of a random ranking: 1/n sum_r 1/r for a batch of n candidates, averaged over queries."""
+    sizes = np.array([len(b) for b in batches], dtype=np.float64)
+    return float(np.sum([np.sum(1.0 / np.arange(1, n + 1)) for n in sizes]) / sizes.sum())
 
 
 def write_lines(path, lines):
@@ -382,10 +365,11 @@ def format_table(header, rows):
     return '\n'.join('  '.join(x.ljust(w[j]) if j == 0 else x.rjust(w[j]) for j, x in enumerate(r)) for r in cells)
 
 
-def plot_tradeoff(path, series, title):
+def plot_tradeoff(path, series, title, levels=None):
     """Metric (%) vs forward GFLOPs, one point per exit, one line per metric (paper Fig. 1b).
-    series: {label: [(exit, GFLOPs, value in [0, 1]), ...]}. Returns a note when matplotlib is
-    missing, else None."""
+    series: {label: [(exit, GFLOPs, value in [0, 1]), ...]}; levels: {label: {baseline: value}},
+    drawn as horizontal lines in the colour of their series (chance, BM25, NBoW). Returns a note
+    when matplotlib is missing, else None."""
     try:
         import matplotlib
         matplotlib.use('Agg')
@@ -396,14 +380,16 @@ def plot_tradeoff(path, series, title):
     for label, points in series.items():
         points = sorted(points)
         xs, ys = [g for _, g, _ in points], [100 * v for _, _, v in points]
-        ax.plot(xs, ys, marker='o', label=label)
+        line, = ax.plot(xs, ys, marker='o', label=label)
         for (e, _, _), x, y in zip(points, xs, ys):
             ax.annotate(f"L{e}", (x, y), textcoords='offset points', xytext=(4, 4), fontsize=8)
+        for (name, v), style in zip((levels or {}).get(label, {}).items(), (':', '--', '-.')):
+            ax.axhline(100 * v, color=line.get_color(), linestyle=style, linewidth=1, label=f"{label}: {name}")
     ax.set_xlabel('forward GFLOPs per 512-token snippet')
     ax.set_ylabel('score (%)')
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -415,6 +401,7 @@ def plot_tradeoff(path, series, title):
 if __name__ == '__main__':
     from contextlib import nullcontext
 
+    from baselines import train_nbow
     from data import (load_bigclonebench, load_codesearchnet, load_codexglue_ct, load_poj104, read_pairs,
                       remove_empty_dirs, write_json)
     from model import MoSE, config_from_dict, load_state
@@ -439,7 +426,11 @@ if __name__ == '__main__':
     poj104_path = ''                 # POJ-104 jsonl ({label, index, code}), e.g. test.jsonl
     bcb_dir = 'data/bigclonebench'   # data.jsonl + {split}.txt
     limit = 0                        # > 0: only the first N rows / pairs of each task (a quick look, not comparable)
-    bm25 = False                     # also score csn / code-code / ct with BM25 on the same batches (a baseline)
+    # baselines on the same batches as the model (baselines.py): chance, BM25 and the learned floor
+    bm25 = True                      # BM25 on csn / code-code / ct
+    nbow = True                      # CodeSearchNet's NBoW, trained on nbow_pairs with the model's tokenizer
+    nbow_pairs = ''                  # its training pairs; '' = {pairs_dir}/train.jsonl, the fine-tuning pairs
+    nbow_seconds = 60.0              # training budget of the NBoW (5 epochs, or fewer if this runs out)
     # inference
     max_len = 512                    # tokens per input, prompt and <cls> included (CodeXGLUE's usual 512)
     batch_size = 64
@@ -602,8 +593,8 @@ if __name__ == '__main__':
             raise UserError(f"{desc} is a clone classifier, not a retrieval model; pass --init_from=<retrieval "
                             f"checkpoint> or run `{command}`")
         if kind == 'retrieval' and not model.config.proj_heads:
-            note(f"{desc} has no retrieval projection heads (not fine-tuned for retrieval?): "
-                 f"using the raw <cls> states")
+            note(f"{desc} has no retrieval projection heads (fine-tuned with proj_heads=False, or not fine-tuned): "
+                 f"using the {model.config.pooling}-pooled exit states")
         return model.to(device).eval(), tok, {'path': desc, 'step': step, 'tokenizer': tok.name}
 
     models = {}
@@ -626,10 +617,28 @@ if __name__ == '__main__':
     except UserError as e:
         fail(e)
 
+    # --- the learned floor: an NBoW on the fine-tuning pairs, with the retrieval model's tokenizer
+    floor, floor_info = None, None
+    if nbow and 'retrieval' in models:
+        try:
+            nbow_pairs = nbow_pairs or os.path.join(pairs_dir, 'train.jsonl')
+            train_rows = read_pairs(nbow_pairs)
+        except (OSError, ValueError, UserError) as e:
+            note(f"no NBoW baseline: {e}")
+        else:
+            floor, floor_info = train_nbow([(r['query'], r['code']) for r in train_rows], models['retrieval'][1],
+                                           max_seconds=nbow_seconds)
+            floor_info['pairs_file'] = nbow_pairs
+            print(f"NBoW baseline: {floor_info['epochs']} epochs over {floor_info['pairs']:,} pairs of {nbow_pairs} "
+                  f"in {floor_info['seconds']:.1f}s")
+    baselines = {'BM25': bm25_scores if bm25 else None,
+                 'NBoW': (lambda qs, cs: (floor.embed(qs) @ floor.embed(cs).T).numpy()) if floor else None}
+    baselines = {k: v for k, v in baselines.items() if v is not None}
+
     # --- run
     os.makedirs(os.path.join(out_dir, 'predictions'), exist_ok=True)
     results = {'config': config, 'device': device, 'dtype': dtype, 'threads': torch.get_num_threads(),
-               'models': {}, 'tasks': {},
+               'models': {}, 'tasks': {}, 'nbow': floor_info,
                'skipped': skipped}
     predictions = {}
 
@@ -686,11 +695,11 @@ if __name__ == '__main__':
                         per[e][lang] = {'mrr': mrr(ranks), 'ndcg@10': ndcg_at(ranks, 10),
                                         f'mrr@{pred_top}': mrr_at(ranks, pred_top)}
                         lines[e] += [json.dumps({'url': q, 'answers': a}) for q, a in preds]
-                    if bm25:  # the same queries, candidates and batches, scored by term overlap
-                        texts = [(r['query'], r['code']) for r in rows]
-                        ranks = np.concatenate([target_ranks(bm25_scores([texts[i][0] for i in bt], [texts[i][1] for i in bt]))
-                                                for bt in batches])
-                        res.setdefault('bm25', {})[lang] = {'mrr': mrr(ranks), 'ndcg@10': ndcg_at(ranks, 10)}
+                    qt, ct_ = [r['query'] for r in rows], [r['code'] for r in rows]
+                    res.setdefault('baselines', {}).setdefault('chance', {})[lang] = {'mrr': chance_mrr(batches)}
+                    for name, score in baselines.items():  # the same queries, candidates and batches
+                        ranks = baseline_ranks(score, qt, ct_, batches)
+                        res['baselines'].setdefault(name, {})[lang] = {'mrr': mrr(ranks), 'ndcg@10': ndcg_at(ranks, 10)}
                 for e in exits:
                     m = {k: float(np.mean([v[k] for v in per[e].values()])) for k in next(iter(per[e].values()))}
                     if t == 'csn':
@@ -708,6 +717,11 @@ if __name__ == '__main__':
                 emb = run(qs + cs, t)
                 ids = [r['id'] for r in rows]
                 res.update(queries=len(rows), candidates=len(rows))
+                one = [np.arange(len(rows))]
+                res['baselines'] = {'chance': {'java-c#': {'mrr': chance_mrr(one)}}}
+                for name, score in baselines.items():
+                    ranks = baseline_ranks(score, [r['java'] for r in rows], [r['cs'] for r in rows], one)
+                    res['baselines'][name] = {'java-c#': {'mrr': mrr(ranks), 'ndcg@10': ndcg_at(ranks, 10)}}
                 for e in exits:
                     ranks, preds = retrieval_metrics(emb[e][:len(rows)], emb[e][len(rows):], [np.arange(len(rows))],
                                                      ids, pred_top)
@@ -778,10 +792,9 @@ if __name__ == '__main__':
               + (f", {torch.get_num_threads()} thread(s)" if device_type == 'cpu' else ''))
         print(format_table(header, rows))
         for t in kind_tasks:
-            if 'bm25' in results['tasks'][t]:
-                b = results['tasks'][t]['bm25']
-                print(f"BM25 on the same {t} batches: MRR {100 * np.mean([v['mrr'] for v in b.values()]):.2f}, "
-                      f"NDCG@10 {100 * np.mean([v['ndcg@10'] for v in b.values()]):.2f}")
+            for name, b in results['tasks'][t].get('baselines', {}).items():
+                print(f"{name} on the same {t} batches: MRR {100 * np.mean([v['mrr'] for v in b.values()]):.2f}"
+                      + (f", NDCG@10 {100 * np.mean([v['ndcg@10'] for v in b.values()]):.2f}" if name != 'chance' else ''))
         if 'csn' in kind_tasks and len(data['csn']) > 1:
             langs = list(data['csn'])
             print('\ncsn MRR by language (%)')
@@ -795,10 +808,12 @@ if __name__ == '__main__':
     write_json(path, results)
     print(f"wrote {path} and predictions in {os.path.join(out_dir, 'predictions')}")
     if plot:
-        series = {}
+        series, levels = {}, {}
         for t, res in results['tasks'].items():
             k = {'csn': 'mrr', 'code-code': 'mrr', 'ct': 'mrr', 'poj104': 'map@r', 'bcb': 'f1'}[t]
             cost = results['models'][res['model']]['exits']
             series[f"{t} {k.upper()}"] = [(int(e), cost[e]['gflops_512'], v[k]) for e, v in res['exits'].items()]
-        msg = plot_tradeoff(os.path.join(out_dir, 'tradeoff.png'), series, 'MoSE: cost vs quality per exit')
+            levels[f"{t} {k.upper()}"] = {name: float(np.mean([v[k] for v in b.values()]))
+                                          for name, b in res.get('baselines', {}).items()}
+        msg = plot_tradeoff(os.path.join(out_dir, 'tradeoff.png'), series, 'MoSE: cost vs quality per exit', levels)
         print(f"note: {msg}" if msg else f"wrote {os.path.join(out_dir, 'tradeoff.png')}")

@@ -117,6 +117,9 @@ if __name__ == '__main__':
     max_len = 512                    # tokens per input, instruction and <cls> included
     # objective
     single_exit = 0                  # > 0: keep the first K layers and train one head on exit K (paper 6.3)
+    proj_heads = True                # one projection head per exit (paper 4.1); False: the pooled state is the embedding
+    pooling = 'cls'                  # the embedding: 'cls' = the final <cls> state (paper, released models); 'mean' =
+                                     # the mean over real tokens (what a small model trained briefly needs: README)
     logit_scale = 10.0               # the paper's "temperature 10": cosine similarities x 10
     augment_prob = 0.3               # fraction of code snippets whose frequent words are renamed (paper 4.1)
     # optimiser (paper 4.1: constant 1e-5; 4.2: 1e-5 with 2,000 warmup steps, 14,000 steps)
@@ -220,7 +223,8 @@ if __name__ == '__main__':
                 fail(f"init_from='resume' but {out_dir} holds no checkpoint")
             ckpt = load_checkpoint(found[-1])
             theirs = ckpt.get('config', {})  # what the model and the data stream depend on
-            differ = [f"{k}={theirs.get(k)!r} here {config[k]!r}" for k in ('task', 'single_exit', 'max_len', 'tokenizer')
+            differ = [f"{k}={theirs.get(k)!r} here {config[k]!r}" for k in ('task', 'single_exit', 'max_len', 'tokenizer',
+                                                                               'pooling')
                       if theirs.get(k) != config[k]]
             if differ:
                 fail(f"{found[-1]} is a checkpoint of another config: {', '.join(differ)}")
@@ -258,8 +262,8 @@ if __name__ == '__main__':
                      f"{tokenizer!r} (n_vocab {tok.n_vocab})")
             if single_exit:
                 pre = pre.truncated(single_exit, keep_exits=[single_exit])
-            cfg = replace(pre.config, proj_heads=task == 'retrieval', n_classes=2 if task == 'clone' else 0,
-                          attn_dropout=dropout, resid_dropout=dropout, embd_dropout=dropout)
+            cfg = replace(pre.config, proj_heads=task == 'retrieval' and proj_heads, n_classes=2 if task == 'clone' else 0,
+                          attn_dropout=dropout, resid_dropout=dropout, embd_dropout=dropout, pooling=pooling)
             model = MoSE(cfg)
             ours = model.state_dict()
             load_state(model, {k: v for k, v in pre.state_dict().items() if k in ours}, where=init_from, strict=False)

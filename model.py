@@ -42,12 +42,16 @@ class MoSEConfig:
     resid_dropout: float = 0.1       # dropout on each residual branch output
     embd_dropout: float = 0.1        # dropout on the token embeddings
     init_std: float = 0.018042       # std of the normal init (released initializer_range)
+    embed_std: float = 0.0           # std of the token-embedding init; 0 = init_std. A small model needs ~1
+                                     # (README: at width 128, std 0.018 lets the first Adam steps collapse it)
     exit_layers: tuple = (4, 9, 18, 27, 36)  # layers where losses / embeddings are taken (paper 2.2)
     conditional_size: int = 4        # width of the learned exit embedding concatenated before the heads
     pad_id: int = 0                  # padding token id (StarCoder-2's <|endoftext|>); pad keys are masked out
     final_norm: bool = True          # deepest exit passes through the final LayerNorm (False once truncated below it)
     proj_heads: bool = False         # one retrieval projection head per exit (paper 4.1)
     n_classes: int = 0               # >0: one classifier per exit on <cls> (clone detection, paper 4.2)
+    pooling: str = 'cls'             # retrieval embedding: 'cls' = the final <cls> state (paper Fig. 2, the released
+                                     # models); 'mean' = the mean over real tokens (Sentence-BERT's default)
 
     def __post_init__(self):
         self.exit_layers = tuple(int(e) for e in self.exit_layers)
@@ -62,6 +66,8 @@ class MoSEConfig:
             problems.append(f"exit_layers={list(self.exit_layers)} must be strictly increasing layers >= 1")
         elif self.exit_layers[-1] != self.n_layer:
             problems.append(f"the deepest exit ({self.exit_layers[-1]}) must be the last layer (n_layer={self.n_layer})")
+        if self.pooling not in ('cls', 'mean'):
+            problems.append(f"pooling={self.pooling!r} must be 'cls' or 'mean'")
         if problems:
             raise ValueError("MoSEConfig: " + "; ".join(problems))
 
@@ -293,7 +299,14 @@ class MoSE(nn.Module):
         """The one init. Every Linear and Embedding weight ~ N(0, init_std), biases 0,
         LayerNorms 1 and 0; then the residual output projections (o_proj, c_proj) get
         std init_std / sqrt(2 * n_layer), so the residual stream's variance does not grow
-        with depth (GPT-2, Radford et al. 2019, section 2.3)."""
+        with depth (GPT-2, Radford et al. 2019, section 2.3).
+        embed_std, when set, is the token embedding's std: O(1) entries, as muP prescribes for
+        input embeddings. The released 0.018 suits width 1024 at lr 1e-5; at width 128 and lr
+        1e-3 it leaves token states of norm ~0.2 that the first Adam steps on the shared biases and
+        projections overwrite, so that every input maps to one vector (README: diagnosis). The
+        blocks keep init_std, so that at the start each one adds little to its input and depth
+        does not wash the tokens out (rank collapse, Dong et al. 2021). The retrieval heads get
+        std 1/sqrt(n_embd), so that they start close to norm-preserving at any width."""
         std = self.config.init_std
         for m in self.modules():
             if isinstance(m, (nn.Linear, nn.Embedding)):
@@ -306,6 +319,11 @@ class MoSE(nn.Module):
         for block in self.layers:
             for m in (block.self_attn.o_proj, block.mlp.c_proj):
                 nn.init.normal_(m.weight, mean=0.0, std=std / math.sqrt(2 * self.config.n_layer))
+        if self.config.embed_std:
+            nn.init.normal_(self.embed_tokens.weight, mean=0.0, std=self.config.embed_std)
+        for head in self.proj or []:
+            for fc in (head.fc1, head.fc2):
+                nn.init.normal_(fc.weight, mean=0.0, std=1.0 / math.sqrt(fc.in_features))
 
     # --- forward -------------------------------------------------------------
 
@@ -381,14 +399,20 @@ class MoSE(nn.Module):
         return total, stats
 
     def encode(self, idx, exits, mask=None):
-        """L2-normalised <cls> embeddings, through each exit's projection head when the
-        model has them. exits: an int (returns (B, C)) or a list (returns {exit: (B, C)});
-        a list costs one forward to its deepest exit."""
+        """L2-normalised embeddings (the final <cls> state, or the mean over real tokens with
+        config.pooling='mean'), through each exit's projection head when the model has them.
+        exits: an int (returns (B, C)) or a list (returns {exit: (B, C)}); a list costs one
+        forward to its deepest exit."""
         single = isinstance(exits, int)
         hs = self(idx, [exits] if single else exits, mask)
+        if self.config.pooling == 'mean':
+            w = (idx != self.config.pad_id if mask is None else mask).unsqueeze(-1)  # (B, T, 1)
         out = {}
         for e, h in hs.items():
-            z = h[:, -1]                                            # (B, C): the final <cls>
+            if self.config.pooling == 'mean':
+                z = (h * w.to(h.dtype)).sum(1) / w.sum(1).clamp(min=1).to(h.dtype)  # (B, C)
+            else:
+                z = h[:, -1]                                        # (B, C): the final <cls>
             if self.proj is not None:
                 z = self.proj[self.exit_index(e)](z)
             out[e] = F.normalize(z.float(), dim=-1)

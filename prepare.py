@@ -69,6 +69,9 @@ input = ''  # '' = local Python sources; a dir of repositories; a jsonl(.gz) of 
 out_dir = 'data'
 # tokenisation and ICC sequences (paper 2.1)
 tokenizer = 'cl100k_base'  # or a directory with StarCoder-2's vocab.json + merges.txt
+bpe_vocab = 0  # > 0: train a byte-level BPE of this many entries on the training repositories (out_dir/tokenizer/)
+# and build everything with it instead of `tokenizer`
+bpe_bytes = 64_000_000  # cap on the source bytes the BPE is trained on (files in seeded order)
 max_len = 2048  # tokens per sequence, <sep> and <cls> included
 snippet_len = 0  # longest snippet in tokens; longer files are split at line boundaries. 0 = (max_len - 3) // 2,
 # so that a second snippet always fits: with whole-sequence snippets (max_len - 2) the long files of
@@ -564,10 +567,41 @@ def _complete(d, settings):
         return False
 
 
-def build_finetune(repos, which, source, fingerprint):
+def function_splits(funcs):
+    """{repository: 'train' | 'valid' | 'test'} by number of functions (heldout_fraction each for
+    valid and test). Every stage keeps to it: a test repository is never pre-trained on (its
+    repositories are ICC validation ones) and the tokenizer is trained on the train split only."""
+    sizes = {}
+    for f in funcs:
+        sizes[f['repo']] = sizes.get(f['repo'], 0) + 1
+    return assign_splits(sizes, {'train': 1 - 2 * heldout_fraction, 'valid': heldout_fraction,
+                                 'test': heldout_fraction}, seed)
+
+
+def repository_splits(repos, fingerprint):
+    """(split of every repository with Python functions, the functions or None): cached in
+    out_dir/splits.json for this corpus and these settings, so a rerun does not parse it again."""
+    from data import write_json
+    settings = {'corpus_sha256': fingerprint, 'seed': seed, 'heldout_fraction': heldout_fraction}
+    path = os.path.join(out_dir, 'splits.json')
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+        if saved.get('settings') == settings:
+            return saved['splits'], None
+    except (OSError, ValueError):
+        pass
+    funcs = collect_functions(repos)
+    split_of = function_splits(funcs)
+    write_json(path, {'settings': settings, 'splits': split_of})
+    return split_of, funcs
+
+
+def build_finetune(repos, which, source, fingerprint, split_of, funcs=None):
     """Retrieval pairs (+ CodeSearchNet-format copy) and BigCloneBench-format clone pairs from the
-    Python functions of a corpus; `which` is a subset of {'retrieval', 'clone'}. Each output
-    directory gets a manifest.json, written last; a rerun with the same settings reuses it."""
+    Python functions of a corpus (`funcs`, collected here when None); `which` is a subset of
+    {'retrieval', 'clone'}; `split_of` the repository split. Each output directory gets a
+    manifest.json, written last; a rerun with the same settings reuses it."""
     from data import atomic_open, pair_row, simple_tokens, strip_docstring, write_json, write_pairs
     settings = {'source': source, 'corpus_sha256': fingerprint, 'seed': seed, 'heldout_fraction': heldout_fraction,
                 'dedup_threshold': dedup_threshold}
@@ -581,7 +615,7 @@ def build_finetune(repos, which, source, fingerprint):
     if not which:
         return {}
     rng = np.random.default_rng(seed)
-    funcs = collect_functions(repos)
+    funcs = collect_functions(repos) if funcs is None else funcs
     if not funcs:
         raise ValueError("no Python functions found in the corpus: nothing to build fine-tuning pairs from")
     # exact duplicates (whitespace-normalised) form groups; MinHash on one member of each group
@@ -602,12 +636,6 @@ def build_finetune(repos, which, source, fingerprint):
     say(f"minhash: {len(ok):,} distinct functions, {len(near):,} near-duplicate pairs (Jaccard >= {dedup_threshold}) "
         f"in {time.time() - t0:.1f}s ({len(ok) / max(time.time() - t0, 1e-9):,.0f} functions/s)")
     sig_of = {g: sigs[i] for i, g in enumerate(ok)}
-    # split by repository, by number of functions
-    sizes = {}
-    for f in funcs:
-        sizes[f['repo']] = sizes.get(f['repo'], 0) + 1
-    split_of = assign_splits(sizes, {'train': 1 - 2 * heldout_fraction, 'valid': heldout_fraction,
-                                     'test': heldout_fraction}, seed)
     splits = ('train', 'valid', 'test')
     # union-find over near-duplicate groups: text-code keeps one function per component
     parent = list(range(len(reps)))
@@ -720,6 +748,45 @@ def build_finetune(repos, which, source, fingerprint):
     return counts
 
 
+# ----------------------------------------------------------------------------- tokenizer
+
+def train_corpus_bpe(repos, train_repos, fingerprint):
+    """Train (or reuse) a byte-level BPE of bpe_vocab entries on the files of `train_repos`, at most
+    bpe_bytes of them in seeded order, into out_dir/tokenizer/; returns that directory."""
+    from data import write_json
+    from tokenizer import train_bpe
+    tdir = os.path.join(out_dir, 'tokenizer')
+    settings = {'corpus_sha256': fingerprint, 'vocab_size': bpe_vocab, 'bytes': bpe_bytes, 'seed': seed,
+                'repositories': len(train_repos)}
+    if _complete(tdir, settings):
+        say(f"tokenizer: {tdir} was trained with these settings: reusing it")
+        return tdir
+    files = [f for r in train_repos for f in repos[r]]
+    order = np.random.default_rng(seed).permutation(len(files))
+    stats = {'files': 0, 'bytes': 0}
+
+    def texts():
+        for i in order:
+            if stats['bytes'] >= bpe_bytes:
+                return
+            f = files[i]
+            text = check_source(f[1].encode('utf-8', errors='replace'), f[0])[0] if isinstance(f, tuple) \
+                else read_source(f)[0]
+            if text:
+                stats['files'] += 1
+                stats['bytes'] += len(text.encode('utf-8'))
+                yield text
+    t0 = time.time()
+    if os.path.exists(os.path.join(tdir, 'manifest.json')):
+        os.remove(os.path.join(tdir, 'manifest.json'))  # being retrained: not complete until the end
+    mkdir(tdir)
+    tok = train_bpe(texts(), bpe_vocab, tdir)
+    write_json(os.path.join(tdir, 'manifest.json'), {'format': 'bpe', 'settings': settings, 'stats': stats})
+    say(f"tokenizer: byte-level BPE of {bpe_vocab:,} entries (n_vocab {tok.n_vocab:,}) trained on {stats['files']:,} "
+        f"files, {stats['bytes'] / 1e6:.1f} MB of {len(train_repos)} training repositories in {time.time() - t0:.1f}s")
+    return tdir
+
+
 # ----------------------------------------------------------------------------- ICC task
 
 _TOK, _BUDGET = None, None
@@ -765,7 +832,7 @@ def clean_icc_dir(icc_dir):
         say(f"icc: removed {removed} files of an earlier incomplete or different build")
 
 
-def run_icc(repos, source, fingerprint):
+def run_icc(repos, source, fingerprint, held_out=()):
     from data import write_json, write_shard
     from tokenizer import get_tokenizer
     tok = get_tokenizer(tokenizer)
@@ -773,7 +840,7 @@ def run_icc(repos, source, fingerprint):
     mkdir(icc_dir)
     settings = {'source': source, 'corpus_sha256': fingerprint, 'tokenizer': tok.meta(),
                 'max_len': max_len, 'snippet_len': snippet_budget(), 'val_fraction': val_fraction, 'seed': seed, 'shard_tokens': shard_tokens,
-                'max_bytes': max_bytes}
+                'max_bytes': max_bytes, 'held_out': sorted(held_out)}
     mpath = os.path.join(icc_dir, 'manifest.json')
     if os.path.exists(mpath):
         try:
@@ -824,8 +891,9 @@ def run_icc(repos, source, fingerprint):
     if not flat:
         raise ValueError(f"input {source}: no usable source file in any repository "
                          f"(extensions read: {', '.join(sorted(SOURCE_EXTS))})")
-    split_of = assign_splits({r: sum(len(s) for s in v) for r, v in flat.items()},
+    split_of = assign_splits({r: sum(len(s) for s in v) for r, v in flat.items() if r not in held_out},
                              {'train': 1 - val_fraction, 'val': val_fraction}, seed)
+    split_of.update({r: 'val' for r in flat if r in held_out})  # the retrieval test repositories: never pre-trained on
     manifest = {'format': 'mose-icc', 'version': 1, 'tokenizer': tok.meta(), 'max_len': max_len,
                 'snippet_len': snippet_budget(), 'seed': seed,
                 'splits': {}, 'val_repositories': sorted(r for r in flat if split_of[r] == 'val'),
@@ -968,10 +1036,15 @@ if __name__ == '__main__':
                 raise ValueError(f"input {source}: empty corpus (no repository with source files)")
             repos = cap_corpus(repos, max_bytes, seed)
             fingerprint = corpus_fingerprint(repos)
+            split_of, funcs = repository_splits(repos, fingerprint) if task != 'dedup-bench' else ({}, None)
+            if bpe_vocab:
+                tokenizer = train_corpus_bpe(repos, [r for r in sorted(repos) if split_of.get(r, 'train') == 'train'],
+                                             fingerprint)
             if task in ('all', 'icc'):
-                run_icc(repos, source, fingerprint)
+                run_icc(repos, source, fingerprint, {r for r, sp in split_of.items() if sp == 'test'})
             if task in ('all', 'retrieval', 'clone'):
-                build_finetune(repos, {'all': ('retrieval', 'clone')}.get(task, (task,)), source, fingerprint)
+                build_finetune(repos, {'all': ('retrieval', 'clone')}.get(task, (task,)), source, fingerprint,
+                               split_of, funcs)
             if task == 'dedup-bench':
                 run_dedup_bench(repos)
     except (ValueError, FileNotFoundError, ImportError, OSError, RuntimeError) as e:

@@ -62,6 +62,7 @@ attn_dropout = 0.1
 resid_dropout = 0.1
 embd_dropout = 0.1
 init_std = 0.018042
+embed_std = 0.0                  # token-embedding init std; 0 = init_std (small models: 1.0, MoSEConfig.init_weights)
 exit_layers = [4, 9, 18, 27, 36]  # a single exit, e.g. [36], is the paper's single-exit baseline
 conditional_size = 4
 # optimiser (paper 3.1)

@@ -289,6 +289,33 @@ def _bpe_from_dir(path):
                      specials['<pad>'], n_vocab=n_vocab, source=os.path.abspath(path))
 
 
+def train_bpe(texts, vocab_size, out_dir):
+    """Train a byte-level BPE of `vocab_size` entries on an iterable of strings with HF `tokenizers`,
+    with StarCoder-2's pre-tokenisation (every digit its own piece, then the GPT-2 regex, no prefix
+    space) and `<|endoftext|>` at id 0 (the padding, as in StarCoder-2), and write `vocab.json`,
+    `merges.txt` and `tokenizer.json` to out_dir (each atomically). The directory then loads
+    through get_tokenizer(out_dir), the same path as StarCoder-2's own files; <sep> <cls> <mask>
+    and a fourth slot follow the vocabulary, so n_vocab = vocab_size + 4."""
+    from tokenizers import Tokenizer as HFTokenizer, decoders, models, pre_tokenizers, trainers
+    if vocab_size < 257 + 1:
+        raise ValueError(f"bpe vocab_size={vocab_size}: must exceed the 256 byte tokens and <|endoftext|>")
+    hf = HFTokenizer(models.BPE())
+    hf.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
+    hf.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=['<|endoftext|>'], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    hf.train_from_iterator(texts, trainer)
+    os.makedirs(out_dir, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
+        hf.model.save(tmp)                                   # vocab.json, merges.txt
+        hf.save(os.path.join(tmp, 'tokenizer.json'))
+        for name in ('vocab.json', 'merges.txt', 'tokenizer.json'):
+            os.replace(os.path.join(tmp, name), os.path.join(out_dir, name))
+    _CACHE.pop(os.path.abspath(out_dir), None)
+    return get_tokenizer(out_dir)
+
+
 _CACHE = {}
 
 

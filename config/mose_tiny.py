@@ -1,34 +1,41 @@
-# MoSE tiny: the 1B model's shape (36 layers, exits 4/9/18/27/36, heads : kv heads = 4,
-# intermediate = 12 x width) at width 128, so that a pre-training step runs in about a
-# second on a laptop CPU. It is for learning the code path and for the local demo
-# (python pretrain.py config/mose_tiny.py), not for benchmark numbers.
-# Batch arithmetic: tokens per step = batch_size x block_size x grad_accum x world_size.
+# MoSE tiny: the recipe sized for a laptop CPU (the demo). Run after `python prepare.py --max_len=256 --bpe_vocab=8192`:
+#   python pretrain.py config/mose_tiny.py
+# Shape: 8 layers of width 128 (heads : kv heads = 4 : 1), exits at the paper's fractions of depth
+# (4/36, 9/36, 18/36, 27/36, 36/36 of 8 layers, rounded: 1, 2, 4, 6, 8), an 8k code BPE trained on the
+# corpus (with cl100k's 100k rows the embedding and the MLM decoder would be 25.7M of 27.1M parameters).
+# Arithmetic: 1.39M parameters in the blocks, 1.06M in the embedding, 1.07M in the MLM head;
+#   forward + backward ~ 6 x 2.45M x tokens + attention, ~29 MFLOP a token;
+#   tokens per step = batch_size x block_size x accum x world = 16 x 256 x 1 x 1 = 4,096;
+#   max_steps x 4,096 = 4.1M tokens, 1.7 tokens per parameter of backbone + embedding (compute-optimal
+#   is ~20: this budget is ~10x short, and a longer run keeps improving, RESULTS.md).
+# Init: embed_std = 1 (token states of norm ~sqrt(width)); with the released 0.018 at this width and lr
+# the first Adam steps collapse every input onto one vector (README, diagnosis).
 
 # model
-n_layer = 36
+n_layer = 8
 n_embd = 128
 n_head = 4
 n_kv_head = 1
-intermediate_size = 1536
-exit_layers = [4, 9, 18, 27, 36]
+intermediate_size = 512
+exit_layers = [1, 2, 4, 6, 8]
 conditional_size = 4
+embed_std = 1.0
 attn_dropout = 0.0
 resid_dropout = 0.0
 embd_dropout = 0.0
 
-# pre-training on a laptop CPU: python prepare.py --max_len=512 && python pretrain.py config/mose_tiny.py
-# tokens per step = batch_size x block_size x accum x world = 4 x 512 x 1 x 1 = 2,048;
-# ~2.8 s a step on 2 cores in bfloat16 autocast (bench.py: 731 tok/s), so 300 steps take ~15 minutes.
+# data
 out_dir = 'out/pretrain'
-block_size = 512
-batch_size = 4
-total_batch_tokens = 2048
-max_steps = 300
-warmup_steps = 20
+data_dir = 'data/icc'
+tokenizer = 'data/tokenizer'     # the BPE prepare.py --bpe_vocab trained
+block_size = 256
+batch_size = 16
+total_batch_tokens = 4096
+max_steps = 1000
+warmup_steps = 50
 learning_rate = 1e-3
-# the paper's milestones at the same fractions of the run (120k/245k, 185k/245k, ...)
-lr_milestones = [(147, 0.36), (226, 0.1), (269, 0.031), (282, 0.01), (294, 0.001)]
-log_interval = 10
-eval_interval = 50
-eval_batches = 25
-ckpt_interval = 50
+lr_milestones = [(800, 0.3)]     # one decay for the last fifth of the run
+log_interval = 50
+eval_interval = 250
+eval_batches = 10
+ckpt_interval = 250

@@ -188,3 +188,22 @@ def test_bpe_unsupported_tokenizer_json(tmp_path):
     json.dump(tj, open(tmp_path / 'tokenizer.json', 'w'))
     with pytest.raises(ValueError, match="tokenizer.json: a normalizer or add_prefix_space=true is not supported"):
         get_tokenizer(str(tmp_path))
+
+
+def test_train_bpe_is_the_starcoder2_path(tmp_path):
+    """tokenizer.train_bpe (what prepare.py --bpe_vocab runs) writes files that the BPE-directory
+    loader reads as the HF tokenizer itself encodes: the same ids on unseen real files."""
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizer import train_bpe
+    tok = train_bpe((read(p) for p in TRAIN_FILES), 1000, str(tmp_path))
+    hf = HFTokenizer.from_file(str(tmp_path / 'tokenizer.json'))
+    assert sorted(os.listdir(tmp_path)) == ['merges.txt', 'tokenizer.json', 'vocab.json']  # no temp files left
+    assert hf.get_vocab_size() == 1000 and tok.n_vocab == 1004
+    assert (tok.pad_id, tok.sep_id, tok.cls_id, tok.mask_id) == (0, 1000, 1001, 1002)
+    for p in TEST_FILES:
+        text = read(p)
+        assert tok.encode(text) == hf.encode(text, add_special_tokens=False).ids
+        assert tok.decode(tok.encode(text)) == text
+    assert [tok.decode([i]) for i in tok.encode('x = 2024')][-4:] == ['2', '0', '2', '4']  # digits one by one
+    with pytest.raises(ValueError, match='vocab_size'):
+        train_bpe(['x'], 100, str(tmp_path / 'small'))
