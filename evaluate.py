@@ -380,11 +380,12 @@ def plot_tradeoff(path, series, title, levels=None):
     for label, points in series.items():
         points = sorted(points)
         xs, ys = [g for _, g, _ in points], [100 * v for _, _, v in points]
-        line, = ax.plot(xs, ys, marker='o', label=label)
+        lines = ax.plot(xs, ys, marker='o', label=label)
+        color = lines[0].get_color() if lines else None
         for (e, _, _), x, y in zip(points, xs, ys):
             ax.annotate(f"L{e}", (x, y), textcoords='offset points', xytext=(4, 4), fontsize=8)
         for (name, v), style in zip((levels or {}).get(label, {}).items(), (':', '--', '-.')):
-            ax.axhline(100 * v, color=line.get_color(), linestyle=style, linewidth=1, label=f"{label}: {name}")
+            ax.axhline(100 * v, color=color, linestyle=style, linewidth=1, label=f"{label}: {name}")
     ax.set_xlabel('forward GFLOPs per 512-token snippet')
     ax.set_ylabel('score (%)')
     ax.set_title(title)

@@ -127,6 +127,7 @@ if __name__ == '__main__':
     warmup_steps = -1                # -1 = the paper's: 0 retrieval, 2,000 clone
     max_steps = 0                    # 0 = retrieval 1,000 (the paper gives none), clone 14,000 (paper 4.2)
     weight_decay = 0.1
+    embed_lr_mult = 1.0              # the token embedding's lr as a multiple of learning_rate (model.configure_optimizers)
     beta1 = 0.9
     beta2 = 0.95
     eps = 1e-6
@@ -278,7 +279,7 @@ if __name__ == '__main__':
     raw_model = model
     exits = list(model.config.exit_layers)
     weights = {e: e / exits[-1] for e in exits}  # deeper exits weigh more (paper 2.2), as in pre-training
-    optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), eps, device_type)
+    optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), eps, device_type, embed_lr_mult)
     if ckpt is not None:
         optimizer.load_state_dict(ckpt['optimizer'])
         if len(ckpt['rng']) == world_size:
@@ -431,7 +432,7 @@ if __name__ == '__main__':
     while step < max_steps:
         lr = lr_at(step, learning_rate, warmup_steps)
         for group in optimizer.param_groups:
-            group['lr'] = lr
+            group['lr'] = lr * group.get('lr_mult', 1.0)
         batches = [get_batch(data_pos + batch_rows(0, m, grad_accum, world_size, rank, batch_size)[0])
                    for m in range(grad_accum)]
         stats = train_step(batches)

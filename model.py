@@ -305,8 +305,7 @@ class MoSE(nn.Module):
         1e-3 it leaves token states of norm ~0.2 that the first Adam steps on the shared biases and
         projections overwrite, so that every input maps to one vector (README: diagnosis). The
         blocks keep init_std, so that at the start each one adds little to its input and depth
-        does not wash the tokens out (rank collapse, Dong et al. 2021). The retrieval heads get
-        std 1/sqrt(n_embd), so that they start close to norm-preserving at any width."""
+        does not wash the tokens out (rank collapse, Dong et al. 2021)."""
         std = self.config.init_std
         for m in self.modules():
             if isinstance(m, (nn.Linear, nn.Embedding)):
@@ -321,9 +320,6 @@ class MoSE(nn.Module):
                 nn.init.normal_(m.weight, mean=0.0, std=std / math.sqrt(2 * self.config.n_layer))
         if self.config.embed_std:
             nn.init.normal_(self.embed_tokens.weight, mean=0.0, std=self.config.embed_std)
-        for head in self.proj or []:
-            for fc in (head.fc1, head.fc2):
-                nn.init.normal_(fc.weight, mean=0.0, std=1.0 / math.sqrt(fc.in_features))
 
     # --- forward -------------------------------------------------------------
 
@@ -456,12 +452,24 @@ class MoSE(nn.Module):
 
     # --- optimiser -----------------------------------------------------------
 
-    def configure_optimizers(self, weight_decay, learning_rate, betas, eps, device_type):
+    def configure_optimizers(self, weight_decay, learning_rate, betas, eps, device_type, embed_lr_mult=1.0):
         """AdamW with weight decay on tensors of 2+ dimensions only (matmul weights and
-        embeddings); biases and LayerNorm parameters are not decayed."""
-        params = [p for p in self.parameters() if p.requires_grad]
-        groups = [{'params': [p for p in params if p.dim() >= 2], 'weight_decay': weight_decay},
-                  {'params': [p for p in params if p.dim() < 2], 'weight_decay': 0.0}]
+        embeddings); biases and LayerNorm parameters are not decayed. embed_lr_mult != 1 puts the
+        token embedding in a group of its own (no decay) whose lr is that multiple of the others:
+        an embedding initialised at std 1 (embed_std) moves at lr 1e-3 by 0.1% a step, while the
+        lexical matching a retrieval model starts from needs several % (CodeSearchNet's NBoW: lr
+        1e-2 on std 0.1; muP gives input embeddings the larger Adam lr too). Each group's
+        'lr_mult' is what a training loop multiplies its scheduled lr by."""
+        params = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
+        own = embed_lr_mult != 1.0
+        rest = [p for n, p in params if not (own and n == 'embed_tokens.weight')]
+        groups = [{'params': [p for p in rest if p.dim() >= 2], 'weight_decay': weight_decay, 'lr_mult': 1.0},
+                  {'params': [p for p in rest if p.dim() < 2], 'weight_decay': 0.0, 'lr_mult': 1.0}]
+        if own:
+            groups.append({'params': [p for n, p in params if n == 'embed_tokens.weight'], 'weight_decay': 0.0,
+                           'lr_mult': embed_lr_mult})
+        for g in groups:
+            g['lr'] = learning_rate * g['lr_mult']
         return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, eps=eps, fused=device_type == 'cuda')
 
     # --- truncation, save, load ---------------------------------------------

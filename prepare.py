@@ -579,22 +579,20 @@ def function_splits(funcs):
 
 
 def repository_splits(repos, fingerprint):
-    """(split of every repository with Python functions, the functions or None): cached in
-    out_dir/splits.json for this corpus and these settings, so a rerun does not parse it again."""
-    from data import write_json
+    """(split of every repository with Python functions, the functions or None, the record to write
+    to out_dir/splits.json once every stage has succeeded, or None): reused from that file for this
+    corpus and these settings, so that a rerun does not parse the corpus again."""
     settings = {'corpus_sha256': fingerprint, 'seed': seed, 'heldout_fraction': heldout_fraction}
-    path = os.path.join(out_dir, 'splits.json')
     try:
-        with open(path) as f:
+        with open(os.path.join(out_dir, 'splits.json')) as f:
             saved = json.load(f)
         if saved.get('settings') == settings:
-            return saved['splits'], None
+            return saved['splits'], None, None
     except (OSError, ValueError):
         pass
     funcs = collect_functions(repos)
     split_of = function_splits(funcs)
-    write_json(path, {'settings': settings, 'splits': split_of})
-    return split_of, funcs
+    return split_of, funcs, {'settings': settings, 'splits': split_of}
 
 
 def build_finetune(repos, which, source, fingerprint, split_of, funcs=None):
@@ -781,7 +779,8 @@ def train_corpus_bpe(repos, train_repos, fingerprint):
         os.remove(os.path.join(tdir, 'manifest.json'))  # being retrained: not complete until the end
     mkdir(tdir)
     tok = train_bpe(texts(), bpe_vocab, tdir)
-    write_json(os.path.join(tdir, 'manifest.json'), {'format': 'bpe', 'settings': settings, 'stats': stats})
+    write_json(os.path.join(tdir, 'manifest.json'), {'format': 'bpe', 'settings': settings, 'stats': stats,
+                                                     'repositories': sorted(train_repos)})
     say(f"tokenizer: byte-level BPE of {bpe_vocab:,} entries (n_vocab {tok.n_vocab:,}) trained on {stats['files']:,} "
         f"files, {stats['bytes'] / 1e6:.1f} MB of {len(train_repos)} training repositories in {time.time() - t0:.1f}s")
     return tdir
@@ -1036,7 +1035,7 @@ if __name__ == '__main__':
                 raise ValueError(f"input {source}: empty corpus (no repository with source files)")
             repos = cap_corpus(repos, max_bytes, seed)
             fingerprint = corpus_fingerprint(repos)
-            split_of, funcs = repository_splits(repos, fingerprint) if task != 'dedup-bench' else ({}, None)
+            split_of, funcs, record = repository_splits(repos, fingerprint) if task != 'dedup-bench' else ({}, None, None)
             if bpe_vocab:
                 tokenizer = train_corpus_bpe(repos, [r for r in sorted(repos) if split_of.get(r, 'train') == 'train'],
                                              fingerprint)
@@ -1047,6 +1046,9 @@ if __name__ == '__main__':
                                split_of, funcs)
             if task == 'dedup-bench':
                 run_dedup_bench(repos)
+            if record:
+                from data import write_json
+                write_json(os.path.join(out_dir, 'splits.json'), record)
     except (ValueError, FileNotFoundError, ImportError, OSError, RuntimeError) as e:
         from data import remove_empty_dirs
         remove_empty_dirs(created)

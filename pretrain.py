@@ -76,6 +76,7 @@ warmup_steps = 4000
 # them instead would put the lr at 3.5e-8 of its peak by 230k, which no one trains with.
 lr_milestones = [(120_000, 0.36), (185_000, 0.1), (220_000, 0.031), (230_000, 0.01), (240_000, 0.001)]
 weight_decay = 0.1
+embed_lr_mult = 1.0              # the token embedding's lr as a multiple of learning_rate (model.configure_optimizers)
 beta1 = 0.9
 beta2 = 0.95
 eps = 1e-6
@@ -185,7 +186,7 @@ except (OSError, ValueError, UserError) as e:
     fail(e)
 model.to(device)
 raw_model = model
-optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), eps, device_type)
+optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), eps, device_type, embed_lr_mult)
 if ckpt is not None:
     optimizer.load_state_dict(ckpt['optimizer'])
     if len(ckpt['rng']) == world_size:
@@ -262,7 +263,7 @@ tokens_since, flops_since, step_logged = 0, 0.0, step
 while step < max_steps:
     lr = lr_at(step, learning_rate, warmup_steps, lr_milestones)
     for group in optimizer.param_groups:
-        group['lr'] = lr
+        group['lr'] = lr * group.get('lr_mult', 1.0)
     loss_sum, stat_sum = 0.0, 0.0
     for micro in range(grad_accum):
         if ddp:  # gradients are all-reduced only on the last micro-step

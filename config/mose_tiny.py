@@ -3,8 +3,9 @@
 # Shape: 8 layers of width 128 (heads : kv heads = 4 : 1), exits at the paper's fractions of depth
 # (4/36, 9/36, 18/36, 27/36, 36/36 of 8 layers, rounded: 1, 2, 4, 6, 8), an 8k code BPE trained on the
 # corpus (with cl100k's 100k rows the embedding and the MLM decoder would be 25.7M of 27.1M parameters).
-# Arithmetic: 1.39M parameters in the blocks, 1.06M in the embedding, 1.07M in the MLM head;
-#   forward + backward ~ 6 x 2.45M x tokens + attention, ~29 MFLOP a token;
+# Arithmetic: 1.39M parameters in the blocks, 1.06M in the embedding, 1.08M in the MLM head; exits
+#   1 / 2 / 4 / 6 / 8 run 1.23 / 1.40 / 1.75 / 2.10 / 2.45M parameters. Forward + backward ~16 MFLOP a
+#   token (blocks with attention at 256: 3 x 3.8; the MLM head at 5 exits on 15% of the tokens: 4.8);
 #   tokens per step = batch_size x block_size x accum x world = 16 x 256 x 1 x 1 = 4,096;
 #   max_steps x 4,096 = 4.1M tokens, 1.7 tokens per parameter of backbone + embedding (compute-optimal
 #   is ~20: this budget is ~10x short, and a longer run keeps improving, RESULTS.md).

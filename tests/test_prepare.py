@@ -323,6 +323,35 @@ def test_icc_rerun_reuses_and_interrupted_run_is_cleaned(built, corpus):
         s for v in after['splits'].values() for s in v['shards'])
 
 
+def test_one_repository_split_for_every_stage(built):
+    """The retrieval test repositories are ICC validation repositories: pre-training never reads a
+    test function (with its docstring, the query)."""
+    out, _ = built
+    icc_val = set(json.load(open(out / 'icc' / 'manifest.json'))['val_repositories'])
+    test_repos = {r['repo'] for r in data.read_pairs(str(out / 'retrieval' / 'test.jsonl'))}
+    assert test_repos and test_repos <= icc_val
+    splits = json.load(open(out / 'splits.json'))['splits']
+    assert {r for r, s in splits.items() if s == 'test'} >= test_repos
+
+
+def test_bpe_trained_on_training_repositories(corpus, tmp_path):
+    """--bpe_vocab trains a BPE on the training split's files and builds every output with it."""
+    out = tmp_path / 'out'
+    rc, so, se = run_prepare(*build_args(corpus, out), '--bpe_vocab=600', '--task=icc')
+    assert rc == 0, se
+    tok = get_tokenizer(str(out / 'tokenizer'))
+    assert tok.n_vocab == 604
+    m = json.load(open(out / 'icc' / 'manifest.json'))
+    assert m['tokenizer'] == tok.meta()
+    trained = json.load(open(out / 'tokenizer' / 'manifest.json'))
+    splits = json.load(open(out / 'splits.json'))['splits']
+    assert {r for r, s in splits.items() if s == 'train'} <= set(trained['repositories'])
+    assert not {r for r, s in splits.items() if s != 'train'} & set(trained['repositories'])
+    assert 'byte-level BPE of 600 entries' in so
+    rc, so, _ = run_prepare(*build_args(corpus, out), '--bpe_vocab=600', '--task=icc')
+    assert rc == 0 and 'tokenizer: ' in so and 'reusing it' in so
+
+
 def test_finetune_outputs(built):
     out, so = built
     splits = ('train', 'valid', 'test')
