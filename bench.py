@@ -3,7 +3,7 @@ Times the pre-training step (forward, backward, optimiser) and prints tokens/s a
 transformers is installed, times the same configuration built on transformers'
 Starcoder2Model (made bidirectional, with the same heads and loss) in the same run.
 
-    python bench.py config/mose_tiny.py                 # CPU, fp32
+    python bench.py config/mose_tiny36.py               # CPU, fp32 (the 1B shape at width 128)
     python bench.py config/mose_1b.py --batch_size=8 --block_size=2048 --compile=true   # one GPU, bf16
 """
 import copy
