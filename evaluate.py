@@ -31,6 +31,8 @@ Tasks and scoring:
   the top R of all other programs; AP = sum over hits at position k of hits-so-far / k, over R).
 - bcb: BigCloneBench with a clone classifier (finetune.py --task clone): p(clone) > 0.5,
   precision / recall / F1 of the positive class.
+Every csn / code-code / ct result is printed next to chance, BM25 and the learned floor (CodeSearchNet's
+NBoW trained on the fine-tuning pairs, baselines.py) on the same batches.
 Retrieval inputs are the released prompts `<sep>{instruction}<sep>{text}<cls>` with the languages
 'python' (CodeSearchNet's own names), 'java' and 'c#' (ct), 'c++' (poj104); clone inputs are
 `<sep>{func1}<sep>{func2}<cls>`. Equal scores are ordered against the model everywhere, in the
