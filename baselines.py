@@ -78,6 +78,7 @@ class NBoW(torch.nn.Module):
 def train_nbow(pairs, tok, dim=128, epochs=5, batch_size=512, lr=1e-2, scale=20.0, max_seconds=60.0, seed=0):
     """Train an NBoW on (query text, code text) pairs; returns (model, stats). Deterministic for a
     seed, except where `max_seconds` cuts the run short (then the number of steps depends on speed)."""
+    from finetune import clip_loss  # the same symmetric in-batch loss as the model's fine-tuning
     torch.manual_seed(seed)
     model = NBoW(tok, dim, seed=seed)
     q_ids, c_ids = model.ids([q for q, _ in pairs]), model.ids([c for _, c in pairs])
@@ -89,9 +90,7 @@ def train_nbow(pairs, tok, dim=128, epochs=5, batch_size=512, lr=1e-2, scale=20.
         for s in range(0, len(order) - batch_size + 1 if len(order) >= batch_size else 1, batch_size):
             b = order[s:s + batch_size]
             q, c = model([q_ids[i] for i in b]), model([c_ids[i] for i in b])   # (b, dim) each
-            logits = scale * q @ c.T                                            # (b, b)
-            labels = torch.arange(len(b))
-            loss_t = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+            loss_t = clip_loss(q, c, scale)[0]
             opt.zero_grad(set_to_none=True)
             loss_t.backward()
             opt.step()

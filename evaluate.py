@@ -60,7 +60,7 @@ import time
 import numpy as np
 import torch
 
-from baselines import bm25_scores, bm25_terms  # noqa: F401  (evaluate.bm25_* kept for callers)
+from baselines import bm25_scores
 from training import UserError, left_pad
 
 
@@ -726,8 +726,7 @@ if __name__ == '__main__':
                     ranks = baseline_ranks(score, [r['java'] for r in rows], [r['cs'] for r in rows], one)
                     res['baselines'][name] = {'java-c#': {'mrr': mrr(ranks), 'ndcg@10': ndcg_at(ranks, 10)}}
                 for e in exits:
-                    ranks, preds = retrieval_metrics(emb[e][:len(rows)], emb[e][len(rows):], [np.arange(len(rows))],
-                                                     ids, pred_top)
+                    ranks, preds = retrieval_metrics(emb[e][:len(rows)], emb[e][len(rows):], one, ids, pred_top)
                     res['exits'][str(e)] = {'mrr': mrr(ranks), f'mrr@{pred_top}': mrr_at(ranks, pred_top)}
                     write_lines(pred_path(t, e), [json.dumps({'url': q, 'answers': a}) for q, a in preds])
             elif t == 'poj104':

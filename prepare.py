@@ -122,6 +122,13 @@ def read_source(path):
     return check_source(raw, path)
 
 
+def source_text(src):
+    """(text, None) or (None, reason) for a corpus entry: a path, or (path, text) from a jsonl dump."""
+    if isinstance(src, tuple):
+        return check_source(src[1].encode('utf-8', errors='replace'), src[0])
+    return read_source(src)
+
+
 def check_source(raw, path=''):
     if len(raw) > _MAX_FILE_BYTES:
         return None, 'over 1 MB'
@@ -567,20 +574,12 @@ def _complete(d, settings):
         return False
 
 
-def function_splits(funcs):
-    """{repository: 'train' | 'valid' | 'test'} by number of functions (heldout_fraction each for
-    valid and test). Every stage keeps to it: a test repository is never pre-trained on (its
-    repositories are ICC validation ones) and the tokenizer is trained on the train split only."""
-    sizes = {}
-    for f in funcs:
-        sizes[f['repo']] = sizes.get(f['repo'], 0) + 1
-    return assign_splits(sizes, {'train': 1 - 2 * heldout_fraction, 'valid': heldout_fraction,
-                                 'test': heldout_fraction}, seed)
-
-
 def repository_splits(repos, fingerprint):
-    """(split of every repository with Python functions, the functions or None, the record to write
-    to out_dir/splits.json once every stage has succeeded, or None): reused from that file for this
+    """The one split of the corpus, by repository: {repository: 'train' | 'valid' | 'test'} by number
+    of Python functions (heldout_fraction each for valid and test). Every stage keeps to it: a test
+    repository is never pre-trained on (it is an ICC validation one) and the tokenizer is trained
+    on the train split only. Returns (split, the functions or None, the record to write to
+    out_dir/splits.json once every stage has succeeded, or None); reused from that file for this
     corpus and these settings, so that a rerun does not parse the corpus again."""
     settings = {'corpus_sha256': fingerprint, 'seed': seed, 'heldout_fraction': heldout_fraction}
     try:
@@ -591,7 +590,11 @@ def repository_splits(repos, fingerprint):
     except (OSError, ValueError):
         pass
     funcs = collect_functions(repos)
-    split_of = function_splits(funcs)
+    sizes = {}
+    for f in funcs:
+        sizes[f['repo']] = sizes.get(f['repo'], 0) + 1
+    split_of = assign_splits(sizes, {'train': 1 - 2 * heldout_fraction, 'valid': heldout_fraction,
+                                     'test': heldout_fraction}, seed)
     return split_of, funcs, {'settings': settings, 'splits': split_of}
 
 
@@ -767,9 +770,7 @@ def train_corpus_bpe(repos, train_repos, fingerprint):
         for i in order:
             if stats['bytes'] >= bpe_bytes:
                 return
-            f = files[i]
-            text = check_source(f[1].encode('utf-8', errors='replace'), f[0])[0] if isinstance(f, tuple) \
-                else read_source(f)[0]
+            text = source_text(files[i])[0]
             if text:
                 stats['files'] += 1
                 stats['bytes'] += len(text.encode('utf-8'))
@@ -807,10 +808,7 @@ def _init_worker(name, budget):
 def _tokenise_file(task):
     """Worker: (repo index, file index, path or (path, text)) -> (ri, fi, skip reason, bytes, snippets)."""
     ri, fi, src = task
-    if isinstance(src, tuple):
-        text, why = check_source(src[1].encode('utf-8', errors='replace'), src[0])
-    else:
-        text, why = read_source(src)
+    text, why = source_text(src)
     if text is None:
         return ri, fi, why, 0, []
     snippets = [np.array(s, dtype=np.uint32) for s in split_snippets(text, _TOK, _BUDGET)]

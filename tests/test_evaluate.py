@@ -530,7 +530,7 @@ def test_bad_benchmark_files(bench, tmp_path, case):
 
 
 def test_bm25_equals_the_formula_written_out():
-    from evaluate import bm25_scores, bm25_terms
+    from baselines import bm25_scores, bm25_terms
     assert bm25_terms('getHTTPResponse(url_path, 42)') == ['get', 'http', 'response', 'url', 'path', '42']
     docs = ['def read_file(path): return open(path).read()', 'def add(a, b): return a + b',
             'class FileReader: def read(self): pass']
