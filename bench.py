@@ -1,13 +1,26 @@
 """
-Times the pre-training step (forward, backward, optimiser) and prints tokens/s and MFU; when
-transformers is installed, times the same configuration built on transformers'
+Times the pre-training step (forward, backward, optimiser) and prints tokens/s, MFU and peak
+memory; when transformers is installed, times the same configuration built on transformers'
 Starcoder2Model (made bidirectional, with the same heads and loss) in the same run.
 
     python bench.py config/mose_tiny36.py               # CPU, fp32 (the 1B shape at width 128)
-    python bench.py config/mose_1b.py --batch_size=8 --block_size=2048 --compile=true   # one GPU, bf16
+    python bench.py config/mose_1b.py --vocab_size=49156 --batch_size=8 --block_size=2048 --compile=true   # one GPU, bf16
+    python bench.py config/mose_tiny.py --vocab_size=8196 --json_out=bench.jsonl --label=tiny   # + one JSON line
+
+MFU is the model's FLOPs (model.estimate_flops, forward x 3) per second over the device's peak:
+training.PEAK_FLOPS' dense bf16 figure for a GPU, a measured matmul for a CPU. Peak memory is
+torch.cuda.max_memory_allocated over each implementation's own steps on CUDA (the other one's
+weights, if resident, included); on a CPU it is the process's maximum resident set, for the whole
+run. With --json_out=PATH one JSON object per run is appended to PATH; a run that runs out of
+device memory appends one with "error": "oom" and exits with status 3, so that a driver can retry
+with a smaller batch.
 """
 import copy
+import json
+import math
 import os
+import resource
+import sys
 import time
 
 import torch
@@ -27,6 +40,8 @@ dtype = 'auto'            # bfloat16 autocast where bf16 matmuls are native (tra
 compile = False
 compare_transformers = True
 seed = 1337
+json_out = ''             # a path: append one JSON object with this run's results
+label = ''                # a name for this configuration in the JSON record
 # model (MoSEConfig defaults: the released 1B; a config file overrides them)
 n_layer = 36
 n_embd = 1024
@@ -40,11 +55,13 @@ attn_dropout = 0.0
 resid_dropout = 0.0
 embd_dropout = 0.0
 init_std = 0.018042
+embed_std = 0.0
 exit_layers = [4, 9, 18, 27, 36]
 conditional_size = 4
 # keys the pre-training config files also set, accepted and unused here
 out_dir, total_batch_tokens, max_steps, warmup_steps, learning_rate, lr_milestones = '', 0, 0, 0, 0.0, []
 log_interval, eval_interval, eval_batches, ckpt_interval = 0, 0, 0, 0
+embed_lr_mult, data_dir, tokenizer = 1.0, '', ''
 exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
 # -----------------------------------------------------------------------------
 
@@ -57,8 +74,10 @@ torch.manual_seed(seed)
 cfg = MoSEConfig(vocab_size=vocab_size, n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_kv_head=n_kv_head,
                  intermediate_size=intermediate_size, rope_theta=rope_theta, max_seq_len=block_size, norm_eps=norm_eps,
                  bias=bias, attn_dropout=attn_dropout, resid_dropout=resid_dropout, embd_dropout=embd_dropout,
-                 init_std=init_std, exit_layers=exit_layers, conditional_size=conditional_size, pad_id=vocab_size - 1)
-model = MoSE(cfg).to(device)
+                 init_std=init_std, embed_std=embed_std, exit_layers=exit_layers, conditional_size=conditional_size,
+                 pad_id=vocab_size - 1)
+with torch.device(device):  # initialised where it runs: the 1B model's normal_ inits are slow on a CPU
+    model = MoSE(cfg)
 SPECIALS = {vocab_size - 4, vocab_size - 3, vocab_size - 2, vocab_size - 1}  # sep, cls, mask, pad
 g = torch.Generator().manual_seed(seed)
 idx = torch.randint(0, vocab_size - 4, (batch_size, block_size), generator=g)
@@ -89,9 +108,35 @@ def sync():
         torch.cuda.synchronize()
 
 
-print(f"device {device} ({torch.cuda.get_device_name(device) if device_type == 'cuda' else 'cpu'}), {dtype}, "
-      f"{torch.get_num_threads()} threads, batch {batch_size} x {block_size}, {model.num_params() / 1e6:.1f}M parameters, "
-      f"peak {peak / 1e12 if peak else float('nan'):.2f} TFLOP/s")
+def mem_text(b):
+    return f"{b / 2 ** 30:.2f} GiB" if b is not None else 'n/a'
+
+
+record = {'label': label, 'device': device, 'device_name': torch.cuda.get_device_name(device) if device_type == 'cuda' else 'cpu',
+          'torch': torch.__version__, 'dtype': dtype, 'compile': compile, 'threads': torch.get_num_threads(),
+          'batch_size': batch_size, 'block_size': block_size, 'n_layer': n_layer, 'n_embd': n_embd, 'vocab_size': vocab_size,
+          'exit_layers': list(cfg.exit_layers), 'params': model.num_params(), 'peak_flops': peak,
+          'flops_per_step': flops_per_step, 'error': None, 'runs': {}}
+
+
+def write_record():
+    if json_out:
+        os.makedirs(os.path.dirname(os.path.abspath(json_out)), exist_ok=True)
+        with open(json_out, 'a') as f:
+            f.write(json.dumps(record) + '\n')
+
+
+def out_of_memory(e):
+    """One line and exit status 3 (with the record written): the driver retries with a smaller batch."""
+    record['error'] = 'oom'
+    write_record()
+    msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+    sys.exit(f"error: out of memory at batch {batch_size} x {block_size} on {record['device_name']} ({msg})")
+
+
+print(f"device {device} ({record['device_name']}), {dtype}, {torch.get_num_threads()} threads, batch {batch_size} x "
+      f"{block_size}, {model.num_params() / 1e6:.1f}M parameters, compile {compile}, "
+      f"peak {f'{peak / 1e12:.2f} TFLOP/s' if peak else 'n/a (this GPU is not in training.PEAK_FLOPS: no MFU)'}")
 ours_loss = torch.compile(model.pretrain_loss) if compile else model.pretrain_loss
 runners = {'model.py': make_step(lambda: ours_loss(batch[0], None, *batch[1:])[0], list(model.parameters()))}
 
@@ -125,24 +170,52 @@ if compare_transformers and transformers is not None:
     with torch.no_grad(), autocast:  # the same function first
         diff = (hf_loss() - model.pretrain_loss(batch[0], None, *batch[1:])[0]).abs().item()
     print(f"loss difference model.py vs transformers: {diff:.2e}")
+    record['loss_diff_transformers'] = diff
     runners['transformers'] = make_step(torch.compile(hf_loss) if compile else hf_loss,
                                         list(hf.parameters()) + head_params)
 
 # the implementations take turns step by step, so that a machine whose speed drifts (a shared CPU,
 # clocks) slows them alike; each starts from the same weights and sees the same batch
 times = {name: [] for name in runners}
-for i in range(warmup + steps):
-    for name, step in runners.items():
-        sync()
-        t0 = time.perf_counter()
-        step()
-        sync()
-        if i >= warmup:
-            times[name].append(time.perf_counter() - t0)
+first = {}   # the first step: allocator warm-up, and compilation with --compile=true
+peak_mem = {name: 0 for name in runners}
+losses = {}
+try:
+    for i in range(warmup + steps):
+        for name, step in runners.items():
+            sync()
+            if device_type == 'cuda':
+                torch.cuda.reset_peak_memory_stats(device)
+            t0 = time.perf_counter()
+            loss = step()
+            sync()
+            dt = time.perf_counter() - t0
+            if device_type == 'cuda':
+                peak_mem[name] = max(peak_mem[name], torch.cuda.max_memory_allocated(device))
+            first.setdefault(name, dt)
+            if i >= warmup:
+                times[name].append(dt)
+            losses[name] = loss.item()
+except torch.OutOfMemoryError as e:
+    out_of_memory(e)
+rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 dts = {}
 for name, ts in times.items():
-    dts[name] = dt = sorted(ts)[len(ts) // 2]  # median step
-    mfu = flops_per_step / dt / peak if peak else float('nan')
-    print(f"{name:>14}: {dt * 1000:8.1f} ms/step | {batch_size * block_size / dt:10,.0f} tok/s | mfu {100 * mfu:5.1f}%")
+    dts[name] = dt = sorted(ts)[len(ts) // 2] if ts else first[name]  # median step
+    mfu = flops_per_step / dt / peak if peak else None
+    mem = peak_mem[name] if device_type == 'cuda' else None
+    record['runs'][name] = {'ms_per_step': 1000 * dt, 'tok_s': batch_size * block_size / dt, 'mfu': mfu,
+                            'peak_mem_bytes': mem, 'first_step_s': first[name], 'loss': losses[name],
+                            'loss_finite': math.isfinite(losses[name])}
+    print(f"{name:>14}: {dt * 1000:8.1f} ms/step | {batch_size * block_size / dt:10,.0f} tok/s | "
+          f"mfu {f'{100 * mfu:5.1f}%' if mfu is not None else '  n/a'} | peak mem {mem_text(mem)} | "
+          f"first step {first[name]:.1f} s")
+if device_type == 'cpu':
+    print(f"peak memory on the CPU: max resident set of this process, all runs together: {mem_text(rss)}")
+record['max_rss_bytes'] = rss
 if 'transformers' in dts:
     print(f"model.py is {dts['transformers'] / dts['model.py']:.2f}x transformers' Starcoder2Model on this step")
+    record['speedup_vs_transformers'] = dts['transformers'] / dts['model.py']
+write_record()
+if not all(r['loss_finite'] for r in record['runs'].values()):
+    sys.exit("error: non-finite loss (" + ', '.join(f"{n}: {r['loss']}" for n, r in record['runs'].items()) + ")")
