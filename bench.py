@@ -131,7 +131,8 @@ def out_of_memory(e):
     record['error'] = 'oom'
     write_record()
     msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-    sys.exit(f"error: out of memory at batch {batch_size} x {block_size} on {record['device_name']} ({msg})")
+    print(f"error: out of memory at batch {batch_size} x {block_size} on {record['device_name']} ({msg})", file=sys.stderr)
+    sys.exit(3)
 
 
 print(f"device {device} ({record['device_name']}), {dtype}, {torch.get_num_threads()} threads, batch {batch_size} x "
