@@ -6,6 +6,7 @@ Starcoder2Model (made bidirectional, with the same heads and loss) in the same r
     python bench.py config/mose_tiny36.py               # CPU, fp32 (the 1B shape at width 128)
     python bench.py config/mose_1b.py --vocab_size=49156 --batch_size=8 --block_size=2048 --compile=true   # one GPU, bf16
     python bench.py config/mose_tiny.py --vocab_size=8196 --json_out=bench.jsonl --label=tiny   # + one JSON line
+    python bench.py config/mose_1b.py --vocab_size=49156 --profile=true   # + where the step's time goes
 
 MFU is the model's FLOPs (model.estimate_flops, forward x 3) per second over the device's peak:
 training.PEAK_FLOPS' dense bf16 figure for a GPU, a measured matmul for a CPU. Peak memory is
@@ -26,7 +27,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from model import MoSE, MoSEConfig
+from model import MoSE, MoSEConfig, attention
 from training import autocast_context, mask_tokens, peak_flops
 
 # -----------------------------------------------------------------------------
@@ -42,6 +43,7 @@ compare_transformers = True
 seed = 1337
 json_out = ''             # a path: append one JSON object with this run's results
 label = ''                # a name for this configuration in the JSON record
+profile = False           # then: model.py's step in phases, its MLM loss and attention timed alone, top kernels
 # model (MoSEConfig defaults: the released 1B; a config file overrides them)
 n_layer = 36
 n_embd = 1024
@@ -100,12 +102,109 @@ def make_step(loss_fn, params):
         opt.step()
         opt.zero_grad(set_to_none=True)
         return loss
+    step.loss_fn, step.opt, step.params = loss_fn, opt, params
     return step
 
 
 def sync():
     if device_type == 'cuda':
         torch.cuda.synchronize()
+
+
+def timed(fn, n=3):
+    """Median seconds of fn() over n calls, the device synchronised around each."""
+    ts = []
+    for _ in range(n):
+        sync()
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        ts.append(time.perf_counter() - t0)
+    return sorted(ts)[len(ts) // 2]
+
+
+CATEGORIES = (  # kernel (CUDA) or operator (CPU) names, lower-cased, first match wins
+    ('attention', ('flash', 'fmha', 'attention', 'sdpa')),
+    ('layernorm', ('layer_norm', 'layernorm')),
+    ('matmul', ('gemm', 'gemv', 'cutlass', 'nvjet', 'xmma', 'cublas', 'aten::mm', 'aten::addmm', 'aten::bmm', 'matmul')),
+    ('softmax (MLM / ICC loss)', ('softmax',)),
+    ('optimizer', ('adam',)),
+    ('gradient norm / clip', ('norm', 'foreach')),
+)
+
+
+def category(name):
+    n = name.lower()
+    return next((c for c, keys in CATEGORIES if any(k in n for k in keys)), 'other (elementwise, copies)')
+
+
+def profile_model_step():
+    """Where model.py's step goes: the phases of one step; the MLM loss of every exit and the attention
+    of every block timed alone (forward + backward, the shapes of this run); and one step under
+    torch.profiler, its device time by kind of kernel (operators on a CPU) and the top kernels."""
+    step, out = runners['model.py'], {}
+    sync()
+    t = [time.perf_counter()]
+    with autocast:
+        loss = step.loss_fn()
+    sync()
+    t.append(time.perf_counter())
+    loss.backward()
+    sync()
+    t.append(time.perf_counter())
+    torch.nn.utils.clip_grad_norm_(step.params, 1.0)
+    step.opt.step()
+    step.opt.zero_grad(set_to_none=True)
+    sync()
+    t.append(time.perf_counter())
+    out['phases_ms'] = {k: 1000 * (b - a) for k, a, b in zip(('forward', 'backward', 'clip + optimizer'), t, t[1:])}
+
+    exits = list(cfg.exit_layers)
+    hs = [torch.randn(batch_size, block_size, n_embd, device=device, requires_grad=True) for _ in exits]
+
+    def mlm():
+        with autocast:
+            total = sum(model.mlm_loss(h, e, batch[1], batch[2])[0] for h, e in zip(hs, exits))
+        total.backward()
+    hd = n_embd // n_head  # q, k, v in the compute dtype, as the blocks' projections give them under autocast
+    q = torch.randn(batch_size, n_head, block_size, hd, device=device, dtype=ptdtype, requires_grad=True)
+    k, v = (torch.randn(batch_size, n_kv_head, block_size, hd, device=device, dtype=ptdtype, requires_grad=True)
+            for _ in range(2))
+    gy = torch.randn_like(q)
+    ones = torch.ones(batch_size, block_size, dtype=torch.bool, device=device)
+    p = attn_dropout
+
+    def attn(mask):
+        return lambda: attention(q, k, v, mask, p).backward(gy)
+    out['alone_ms'] = {f'MLM loss, {len(exits)} exits': 1000 * timed(mlm),
+                       f'attention, {n_layer} blocks, mask None': 1000 * n_layer * timed(attn(None)),
+                       f'attention, {n_layer} blocks, all-True mask': 1000 * n_layer * timed(attn(ones))}
+    model.zero_grad(set_to_none=True)
+    del hs, q, k, v, gy
+
+    from torch.profiler import ProfilerActivity, profile as tprofile
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device_type == 'cuda' else [])
+    with tprofile(activities=acts) as prof:
+        step()
+        sync()
+    rows = []
+    for e in prof.key_averages():
+        if device_type == 'cuda':  # kernels only: an operator's device time is its kernels'
+            if getattr(e, 'device_type', None) is None or 'CUDA' not in str(e.device_type):
+                continue
+            us = getattr(e, 'self_device_time_total', None) or getattr(e, 'self_cuda_time_total', 0)
+        else:
+            us = e.self_cpu_time_total
+        if us > 0:
+            rows.append((us, e.key))
+    total = sum(us for us, _ in rows) or 1.0
+    by_cat = {}
+    for us, name in rows:
+        by_cat[category(name)] = by_cat.get(category(name), 0.0) + us
+    out['profiled_ms'] = total / 1000
+    out['by_kind_pct'] = {c: 100 * us / total for c, us in sorted(by_cat.items(), key=lambda kv: -kv[1])}
+    out['top'] = [{'name': name[:120], 'pct': 100 * us / total} for us, name in sorted(rows, reverse=True)[:8]]
+    return out
 
 
 def mem_text(b):
@@ -217,6 +316,17 @@ record['max_rss_bytes'] = rss
 if 'transformers' in dts:
     print(f"model.py is {dts['transformers'] / dts['model.py']:.2f}x transformers' Starcoder2Model on this step")
     record['speedup_vs_transformers'] = dts['transformers'] / dts['model.py']
+if profile:
+    try:
+        record['profile'] = pr = profile_model_step()
+    except torch.OutOfMemoryError as e:
+        out_of_memory(e)
+    print('model.py step, phases: ' + ', '.join(f"{k} {v:.1f} ms" for k, v in pr['phases_ms'].items()))
+    print('alone (forward + backward): ' + ', '.join(f"{k} {v:.1f} ms" for k, v in pr['alone_ms'].items()))
+    print(f"profiled step ({pr['profiled_ms']:.1f} ms of {'kernels' if device_type == 'cuda' else 'operators'}): " +
+          ', '.join(f"{k} {v:.0f}%" for k, v in pr['by_kind_pct'].items()))
+    for row in pr['top']:
+        print(f"  {row['pct']:5.1f}%  {row['name']}")
 write_record()
 if not all(r['loss_finite'] for r in record['runs'].values()):
     sys.exit("error: non-finite loss (" + ', '.join(f"{n}: {r['loss']}" for n, r in record['runs'].items()) + ")")

@@ -2,8 +2,9 @@
 # The CUDA check, in one run of a few minutes and without the network:
 #   1. the CUDA tests (python -m pytest -q -m cuda tests/test_cuda.py), then the parity tests against
 #      transformers' Starcoder2Model (tests/test_model.py, on the CPU: they are cheap);
-#   2. bench.py at the 1B shape (config/mose_1b.py, the released 49,156-token vocabulary) eager and
-#      with torch.compile, and at config/mose_tiny.py next to transformers;
+#   2. bench.py at the 1B shape (config/mose_1b.py, the released 49,156-token vocabulary) eager, with
+#      a profile of where its step goes, and with torch.compile, and at config/mose_tiny.py next to
+#      transformers;
 #   3. one results folder: summary.md (the table, also printed at the end), summary.json (the same,
 #      with every test case and every bench record) and log.txt (everything the steps printed).
 #
@@ -18,7 +19,8 @@
 # Time: every step has its own timeout, and no step starts past a budget for the whole run
 # (GPU_CHECK_BUDGET seconds, default 360), so that two runs fit in a short lease of a GPU. Each
 # step's timeout is its own bound or what is left of the budget, whichever is less. The steps run
-# in order of what the check is for: tests, 1B eager, 1B compiled, tiny, parity.
+# in order of what the check is for: tests, 1B eager (with a profile of its step), tiny, 1B
+# compiled (compilation is the slowest step), parity.
 set -uo pipefail
 cd "$(dirname "$0")"
 
@@ -104,10 +106,10 @@ bench_1b() {  # bench_1b LABEL TIMEOUT EXTRA...: the first batch of 8, 4, 2 that
     return 3
 }
 if [ "$HAS_CUDA" = 1 ]; then
-    bench_1b 1b "${T_BENCH_1B:-90}"
-    BATCHES_1B=${FIT_1B:-8} bench_1b 1b_compile "${T_BENCH_1B_COMPILE:-200}" --compile=true
+    bench_1b 1b "${T_BENCH_1B:-100}" --profile=true
     step bench_tiny "${T_BENCH_TINY:-60}" "$PYTHON" bench.py config/mose_tiny.py --vocab_size=8196 --steps=10 --warmup=3 \
         --label=tiny --json_out="$WORK/bench.jsonl"
+    BATCHES_1B=${FIT_1B:-8} bench_1b 1b_compile "${T_BENCH_1B_COMPILE:-240}" --compile=true
 else
     step bench_tiny_cpu "${T_BENCH_TINY:-120}" "$PYTHON" bench.py config/mose_tiny.py --vocab_size=8196 --batch_size=4 \
         --steps=2 --warmup=1 --device=cpu --label=tiny_cpu --json_out="$WORK/bench.jsonl"
@@ -204,6 +206,15 @@ for r in bench:
                   f"| {x['ms_per_step']:.1f} | {x['first_step_s']:.1f} |")
 if not bench:
     md.append('| (no bench ran) | | | | | | | | |')
+for r in bench:
+    pr = r.get('profile')
+    if not pr:
+        continue
+    md += ['', f"Where model.py's step goes ({r['label']}, {r['batch_size']} x {r['block_size']}, {r['dtype']}):", '',
+           '- phases: ' + ', '.join(f"{k} {v:.1f} ms" for k, v in pr['phases_ms'].items()),
+           '- timed alone, forward + backward: ' + ', '.join(f"{k} {v:.1f} ms" for k, v in pr['alone_ms'].items()),
+           f"- one profiled step, {pr['profiled_ms']:.1f} ms: " + ', '.join(f"{k} {v:.0f}%" for k, v in pr['by_kind_pct'].items()),
+           '- top kernels: ' + '; '.join(f"{t['pct']:.1f}% {t['name'][:60]}" for t in pr['top'][:5])]
 md += ['', '| step | exit status | seconds | timeout |', '|---|---|---|---|']
 md += [f"| {s['step']} | {s['exit']} | {s['seconds']} | {s['timeout']} |" for s in steps]
 text = '\n'.join(md) + '\n'
