@@ -17,10 +17,10 @@
 # summary is written all the same.
 #
 # Time: every step has its own timeout, and no step starts past a budget for the whole run
-# (GPU_CHECK_BUDGET seconds, default 360), so that two runs fit in a short lease of a GPU. Each
-# step's timeout is its own bound or what is left of the budget, whichever is less. The steps run
-# in order of what the check is for: tests, 1B eager (with a profile of its step), tiny, 1B
-# compiled (compilation is the slowest step), parity.
+# (GPU_CHECK_BUDGET seconds, default 360): the whole check is a few minutes of GPU time, and a
+# second run costs no more. Each step's timeout is its own bound or what is left of the budget,
+# whichever is less. The steps run in order of what the check is for: tests, 1B eager (with a
+# profile of its step), tiny, 1B compiled (compilation is the slowest step), parity.
 set -uo pipefail
 cd "$(dirname "$0")"
 
@@ -115,7 +115,7 @@ else
         --steps=2 --warmup=1 --device=cpu --label=tiny_cpu --json_out="$WORK/bench.jsonl"
 fi
 
-# 3. parity with transformers (CPU float32, next to the CUDA results)
+# 1 (continued). parity with transformers (CPU float32, cheap), after the GPU steps
 step parity_tests "${T_PARITY:-60}" "$PYTHON" -m pytest -q tests/test_model.py -k "parity or training_matches" \
     --junitxml="$WORK/parity_tests.xml"
 
