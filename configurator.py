@@ -13,9 +13,12 @@ Where nanoGPT is loose this is strict:
 - a value is split on the first '=' only, so --init_from=path=with=equals works;
   '--key value' (two arguments) means the same as '--key=value';
 - values are parsed with ast.literal_eval; a bare word is a string; true/false are
-  booleans; an int is accepted where the default is a float (promoted);
+  booleans; an int is accepted where the default is a float (promoted); where the default is a
+  string the text is kept as typed (--exit=18 and --exit=4,36 are the strings '18', '4,36');
 - a value of the wrong type is an error that says which type was expected.
-The parsing is the pure function `apply_config`; only the exec'd tail touches globals.
+The settings are the stage's globals of plain types (bool, int, float, str, list, tuple, None)
+when it execs this file, so a stage defines nothing else of those types before it; the result
+is also the dict `config`. The parsing is the pure function `apply_config`.
 """
 import ast
 import builtins
@@ -100,7 +103,10 @@ def apply_config(argv, config):
                 raise ConfigError(f"argument {arg!r}: expected --key=value or --key value")
             if key not in config:
                 raise ConfigError(f"argument {arg!r}: unknown config key {key!r}{_nearest(key, config)}")
-            config[key] = _coerce(key, _parse_literal(text), config[key], f"argument {arg!r}")
+            value = _parse_literal(text)
+            if isinstance(config[key], str) and isinstance(value, (int, float, tuple, list)) and not isinstance(value, bool):
+                value = text  # a string setting keeps what was typed: --exit 18 is '18'
+            config[key] = _coerce(key, value, config[key], f"argument {arg!r}")
     return config
 
 
@@ -129,3 +135,4 @@ if __name__ != 'configurator':  # exec'd by a stage script: apply sys.argv to it
             if _v != _defaults[_k] or type(_v) is not type(_defaults[_k]):
                 print(f"config: {_k} = {_v!r}")
     globals().update(_config)
+    config = _config

@@ -67,21 +67,6 @@ from training import UserError, left_pad
 # -----------------------------------------------------------------------------
 # command line
 
-def normalise_argv(argv):
-    """`exit` is a string key (an exit layer, a comma list or 'all'): '--exit 18', '--exit=18' and
-    '--exit all' all become "--exit='18'" (etc.), so the configurator keeps the value a string."""
-    out, i = [], 0
-    while i < len(argv):
-        a = argv[i]
-        if a == '--exit' and i + 1 < len(argv):
-            a, i = f'--exit={argv[i + 1]}', i + 1
-        if a.startswith('--exit='):
-            a = '--exit=' + repr(a[len('--exit='):])
-        out.append(a)
-        i += 1
-    return out
-
-
 def parse_exits(spec, valid):
     """'all' -> every configured exit; '18' -> [18]; '4,36' or '[4, 36]' -> [4, 36]."""
     valid = list(valid)
@@ -450,10 +435,7 @@ if __name__ == '__main__':
     threads = 0                      # CPU threads for torch; 0 = torch's default. On a CPU shared with other jobs,
                                      # fewer threads than cores avoids OpenMP spin-waits that slow it 10-1000x
     # -------------------------------------------------------------------------
-    config_keys = [k for k, v in globals().items() if not k.startswith('_') and isinstance(v, (int, float, bool, str, list))]
-    sys.argv[1:] = normalise_argv(sys.argv[1:])
-    exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
-    config = {k: globals()[k] for k in config_keys}
+    exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())  # -> config
     # -------------------------------------------------------------------------
 
     def fail(msg):

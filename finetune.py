@@ -61,6 +61,15 @@ def retrieval_texts(row, rng, augment_prob):
     return query, aug(row['code'])
 
 
+KINDS = {'text-code': 1, 'code-code': 2, 'clone': 3}  # the kinds of training pairs, each a stream of its own
+
+
+def augment_rng(seed, kind, g):
+    """The generator of the augmentation of stream position g of one kind of pair: a pure function
+    of the position (a resumed run draws the same), and a different stream for every kind."""
+    return np.random.default_rng([seed, KINDS[kind], g])
+
+
 def clip_loss(q, c, scale):
     """CLIP loss (Radford et al. 2021): q, c (N, D) L2-normalised, row i of q matches row i of c;
     symmetric cross-entropy over the (N, N) scaled cosine matrix. Also returns top-1 accuracy."""
@@ -139,9 +148,7 @@ if __name__ == '__main__':
     compile = False
     seed = 1337
     # -------------------------------------------------------------------------
-    config_keys = [k for k, v in globals().items() if not k.startswith('_') and isinstance(v, (int, float, bool, str, list))]
-    exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
-    config = {k: globals()[k] for k in config_keys}
+    exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())  # -> config
     # -------------------------------------------------------------------------
 
     created = []  # directories this run made: a run stopped by bad input takes them back if still empty
@@ -203,7 +210,7 @@ if __name__ == '__main__':
         for name, rows in streams.items():
             for g in range(first // len(streams), first // len(streams) + per_stream):
                 r = rows[orders[name](g)]
-                rng = np.random.default_rng([seed, g, len(name)])  # augmentation: a pure function of the position
+                rng = augment_rng(seed, name, g)
                 if task == 'clone':
                     codes.append(tok.pair(funcs[r[0]], funcs[r[1]], max_len))
                     labels.append(r[2])
@@ -212,7 +219,7 @@ if __name__ == '__main__':
                 codes.append(tok.code_input(code, r['code_lang'], max_len))
                 queries.append(tok.query_input(query, max_len) if r['kind'] == 'text-code'
                                else tok.code_input(query, r['query_lang'], max_len))
-        idx = left_pad([np.asarray(s) for s in queries + codes], tok.pad_id).to(device)
+        idx = left_pad([np.asarray(s) for s in queries + codes], tok.pad_id, vocab_size=tok.n_vocab).to(device)
         return idx, (torch.tensor(labels, device=device) if task == 'clone' else None)
 
     # model
@@ -364,7 +371,8 @@ if __name__ == '__main__':
             for i in range(0, len(mine), batch_size):
                 part = [rows[j] for j in mine[i:i + batch_size]]
                 if task == 'clone':
-                    idx = left_pad([np.asarray(tok.pair(funcs[a], funcs[b], max_len)) for a, b, _ in part], tok.pad_id)
+                    idx = left_pad([np.asarray(tok.pair(funcs[a], funcs[b], max_len)) for a, b, _ in part], tok.pad_id,
+                                   vocab_size=tok.n_vocab)
                     with autocast:
                         res = raw_model.classify(idx.to(device), exits)
                     for e in exits:
@@ -374,7 +382,7 @@ if __name__ == '__main__':
                         else tok.code_input(r['query'], r['query_lang'], max_len) for r in part]
                 seqs += [tok.code_input(r['code'], r['code_lang'], max_len) for r in part]
                 with autocast:
-                    res = raw_model.encode(left_pad([np.asarray(s) for s in seqs], tok.pad_id).to(device), exits)
+                    res = raw_model.encode(left_pad([np.asarray(s) for s in seqs], tok.pad_id, vocab_size=tok.n_vocab).to(device), exits)
                 for e in exits:
                     out[e].append(res[e].float().cpu())
             out = {e: torch.cat(v) if v else torch.zeros(0) for e, v in out.items()}

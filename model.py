@@ -339,12 +339,15 @@ class MoSE(nn.Module):
         B, T = idx.shape
         if T > self.config.max_seq_len:
             raise ValueError(f"sequence length {T} exceeds max_seq_len={self.config.max_seq_len}")
-        if not torch.compiler.is_compiling() and idx.numel() and (idx.min() < 0 or idx.max() >= self.config.vocab_size):
-            bad = idx[(idx < 0) | (idx >= self.config.vocab_size)][0].item()
-            raise ValueError(f"token id {bad} is outside the vocabulary [0, {self.config.vocab_size})")
+        # Reading a tensor's values on the host costs nothing for a CPU tensor and a host-device
+        # synchronisation for a GPU one, so only CPU inputs are checked here; batches bound for a GPU
+        # are checked on the host where they are made (training.left_pad).
+        on_host = idx.device.type == 'cpu' and not torch.compiler.is_compiling()
+        if on_host:
+            check_token_ids(idx, self.config.vocab_size)
         if mask is None:
             mask = idx != self.config.pad_id
-        if not torch.compiler.is_compiling() and bool(mask.all()):
+        if on_host and bool(mask.all()):
             mask = None  # no padding: lets SDPA take its fastest kernels
         x = self.embd_dropout(self.embed_tokens(idx))  # (B, T, C)
         out = {}
@@ -577,6 +580,13 @@ class MoSE(nn.Module):
 
 # -----------------------------------------------------------------------------
 # config and state-dict helpers
+
+def check_token_ids(idx, vocab_size):
+    """Raise a one-line ValueError naming the first id of the CPU tensor idx outside [0, vocab_size)."""
+    if idx.numel() and (idx.min() < 0 or idx.max() >= vocab_size):
+        bad = idx[(idx < 0) | (idx >= vocab_size)][0].item()
+        raise ValueError(f"token id {bad} is outside the vocabulary [0, {vocab_size})")
+
 
 def config_to_dict(config):
     d = asdict(config)

@@ -87,9 +87,7 @@ dtype = 'auto'                   # 'auto': bfloat16 autocast where bf16 matmuls 
 compile = False                  # torch.compile the model and loss
 seed = 1337
 # -----------------------------------------------------------------------------
-config_keys = [k for k, v in globals().items() if not k.startswith('_') and isinstance(v, (int, float, bool, str, list))]
-exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
-config = {k: globals()[k] for k in config_keys}
+exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())  # -> config
 # -----------------------------------------------------------------------------
 
 created = []  # directories this run made: a run stopped by bad input takes them back if still empty
@@ -145,7 +143,7 @@ def get_batch(split, first_row):
     so a batch is the same whatever the world size, accumulation or resume point."""
     data, order = (train_data, train_order) if split == 'train' else (val_data, val_order)
     seqs, labels = zip(*(data.get(order(g)) for g in range(first_row, first_row + batch_size)))
-    idx = left_pad([s.astype(np.int64) for s in seqs], tok.pad_id)                          # (B, T)
+    idx = left_pad([s.astype(np.int64) for s in seqs], tok.pad_id, vocab_size=tok.n_vocab)  # (B, T)
     gen = torch.Generator().manual_seed(seed * 1_000_003 + first_row + (0 if split == 'train' else 1 << 40))
     inputs, positions, targets = mask_tokens(idx, tok.special_ids, tok.n_vocab, tok.mask_id, gen, mlm_rate)
     if len(targets) == 0:  # only specials: the MLM loss is undefined; prepare.py never writes such rows

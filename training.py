@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 
 from data import make_dirs, remove_empty_dirs
+from model import check_token_ids
 
 
 class UserError(Exception):
@@ -116,9 +117,11 @@ def batch_rows(step, micro, accum, world, rank, batch_size):
     return range(start, start + batch_size)
 
 
-def left_pad(seqs, pad_id, multiple=8, max_len=None):
-    """List of 1-D int arrays -> (B, T) long tensor, left-padded (the last token stays <cls>) to the
-    longest row rounded up to `multiple` (fewer distinct shapes for compiled kernels)."""
+def left_pad(seqs, pad_id, multiple=8, max_len=None, vocab_size=None):
+    """List of 1-D int arrays -> (B, T) long tensor on the host, left-padded (the last token stays
+    <cls>) to the longest row rounded up to `multiple` (fewer distinct shapes for compiled kernels).
+    With vocab_size, every id is checked here, once per batch, so that the forward on a GPU need
+    not read its input back (MoSE.forward)."""
     T = max(len(s) for s in seqs)
     T = -(-T // multiple) * multiple
     if max_len is not None:
@@ -128,7 +131,10 @@ def left_pad(seqs, pad_id, multiple=8, max_len=None):
         if len(s) > T:
             raise UserError(f"a sequence of {len(s)} tokens exceeds the model's max_seq_len {T}")
         out[i, T - len(s):] = s
-    return torch.from_numpy(out)
+    idx = torch.from_numpy(out)
+    if vocab_size is not None:
+        check_token_ids(idx, vocab_size)
+    return idx
 
 
 def mask_tokens(idx, special_ids, vocab_size, mask_id, generator, rate=0.15):

@@ -95,3 +95,13 @@ def test_user_error_is_one_line_without_traceback(tmp_path):
     assert r.returncode != 0
     assert r.stderr.strip().splitlines() == ["error: argument '--batchsize=2': unknown config key 'batchsize' "
                                              "(nearest known: batch_size)"]
+
+
+@pytest.mark.parametrize('stage', ['prepare.py', 'pretrain.py', 'finetune.py', 'evaluate.py'])
+def test_help_lists_only_settings(stage):
+    """--help lists the settings of a stage, never its internals (the configurator's own
+    bookkeeping, the directories a run created)."""
+    r = subprocess.run([sys.executable, stage, '--help'], capture_output=True, text=True, cwd=ROOT)
+    keys = [line.split('=')[0].strip() for line in r.stdout.splitlines() if line.startswith('  --')]
+    assert r.returncode == 0 and 'out_dir' in ' '.join(keys)
+    assert not {'--created', '--config_keys', '--config', '--master'} & set(keys), keys

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 import evaluate as ev
+from configurator import apply_config
 from model import MoSE, MoSEConfig, config_to_dict
 from tokenizer import get_tokenizer
 from training import save_checkpoint
@@ -195,9 +196,11 @@ def test_csn_batches_reproduce_the_seed0_protocol(n):
 
 # ----------------------------------------------------------------------------- command line helpers
 
-def test_normalise_argv_and_parse_exits():
-    assert ev.normalise_argv(['--exit', '18', '--task', 'csn']) == ["--exit='18'", '--task', 'csn']
-    assert ev.normalise_argv(['--exit=all', '--batch_size=8']) == ["--exit='all'", '--batch_size=8']
+def test_exit_flag_stays_a_string_and_parse_exits():
+    defaults = {'exit': 'all', 'task': 'default', 'batch_size': 64}
+    assert apply_config(['--exit', '18', '--task', 'csn'], defaults) == {**defaults, 'exit': '18', 'task': 'csn'}
+    assert apply_config(['--exit=all', '--batch_size=8'], defaults) == {**defaults, 'exit': 'all', 'batch_size': 8}
+    assert apply_config(['--exit=4,36'], defaults)['exit'] == '4,36'
     valid = (4, 9, 18, 27, 36)
     assert ev.parse_exits('all', valid) == list(valid)
     assert ev.parse_exits('18', valid) == [18]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from finetune import augment_code, clip_loss, mrr, retrieval_texts
+from finetune import augment_code, augment_rng, clip_loss, mrr, retrieval_texts
 from helpers import stdlib_sources
 from model import MoSE, MoSEConfig, config_to_dict
 from tokenizer import CODE_INSTRUCTION, QUERY_INSTRUCTION, get_tokenizer
@@ -182,6 +182,17 @@ def test_augmentation_replaces_only_frequent_long_words_consistently():
     assert augment_code(CODE, np.random.default_rng(0)) == out  # deterministic given the seed
     assert augment_code(CODE, np.random.default_rng(1)) != out
     assert augment_code("x = y + z\nx = 1\nx = 2\n", np.random.default_rng(0)) == "x = y + z\nx = 1\nx = 2\n"  # short
+
+
+def test_augmentation_streams_of_the_two_kinds_differ():
+    """Position g of the text-code stream and position g of the code-code stream draw different
+    augmentations (the two kinds' names have the same length, which once keyed the generator)."""
+    for g in range(16):
+        a, b = augment_rng(1337, 'text-code', g).random(4), augment_rng(1337, 'code-code', g).random(4)
+        assert not np.array_equal(a, b), g
+        assert np.array_equal(a, augment_rng(1337, 'text-code', g).random(4))  # a pure function of the position
+    old = lambda seed, kind, g: np.random.default_rng([seed, g, len(kind)])  # the collision this guards against
+    assert np.array_equal(old(1337, 'text-code', 0).random(4), old(1337, 'code-code', 0).random(4))
 
 
 def test_augmentation_never_touches_natural_language():

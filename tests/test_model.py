@@ -466,6 +466,22 @@ def test_configure_optimizers_embedding_lr(model):
 # -----------------------------------------------------------------------------
 # bad input
 
+def test_forward_reads_no_tensor_value_back(model):
+    """On an accelerator, reading a value (idx.min(), mask.all(), .item()) stalls until the device
+    catches up. A meta tensor has no values at all: the forward must run on it."""
+    m = copy.deepcopy(model).to('meta')
+    idx = torch.tensor([[0, 0, 5, 7], [1, 2, 3, 4]]).to('meta')
+    out = m(idx, [2, 6])
+    assert out[6].shape == (2, 4, 32) and m.encode(idx, 4).shape == (2, 32)
+
+
+def test_bad_token_id_in_a_batch():
+    from training import left_pad as pad_batch
+    with pytest.raises(ValueError, match=r"token id 100 is outside the vocabulary \[0, 100\)"):
+        pad_batch([[1, 2], [3, 100]], pad_id=0, vocab_size=100)
+    assert pad_batch([[1, 2], [3, 99]], pad_id=0, vocab_size=100).shape == (2, 8)
+
+
 def test_bad_token_id(model):
     with pytest.raises(ValueError, match=r"token id 100 is outside the vocabulary \[0, 100\)"):
         model(torch.tensor([[1, 2, 100]]))
