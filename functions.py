@@ -153,10 +153,11 @@ def _doc_comment(anchor, comments, starts, src, language):
     while i >= 0:
         c = comments[i]
         end = (run[0] if run else anchor).start_byte
-        gap = src[c.end_byte:end]
-        if gap.strip() or gap.count(b'\n') > 1:
+        gap, text = src[c.end_byte:end], _text(c, src)
+        # a /** */ block documents what follows it across one blank line (as JSDoc and Javadoc read
+        # it); a run of // or # lines must touch the function
+        if gap.strip() or gap.count(b'\n') > (2 if not run and text.startswith('/**') else 1):
             break
-        text = _text(c, src)
         if not run:  # the comment right before the function decides the style
             if text.startswith('/*') and language in ('java', 'php', 'javascript', 'c', 'cpp'):
                 return text if text.startswith('/**') or language in ('c', 'cpp') else ''

@@ -268,3 +268,12 @@ def test_bad_input():
         F.functions('x', 'cobol')
     assert F.functions('def (:\n  """x"""', 'python') == [] or True  # a syntax error does not raise
     assert F.language_of('a/b.PHP') == 'php' and F.language_of('a/b.txt') is None
+
+
+def test_a_doc_block_reaches_across_one_blank_line_a_line_comment_does_not():
+    js = '/**\n * Signs the request with the secret key.\n */\n\nfunction sign(req) {\n  const h = hmac(req);\n' \
+         '  return h;\n}\n'
+    assert [p['name'] for p in F.pairs(js, 'javascript')] == ['sign']
+    assert F.pairs(js.replace('\n\n', '\n\n\n'), 'javascript') == []  # two blank lines: not its documentation
+    rb = '# Signs the request with the secret key.\n\ndef sign(req)\n  h = hmac(req)\n  h\nend\n'
+    assert F.pairs(rb, 'ruby') == [] and len(F.pairs(rb.replace('\n\n', '\n'), 'ruby')) == 1

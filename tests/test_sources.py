@@ -1,4 +1,5 @@
-"""sources.py: a tiny archive of source packages built here, served from file:// (no network).
+"""sources.py and debian.py: a tiny archive of source packages built here, served from file:// (no network),
+and the other inputs.
 
     python -m pytest -q tests/test_sources.py
 """
@@ -13,6 +14,7 @@ import tarfile
 
 import pytest
 
+import debian
 import sources
 from sources import CorpusError
 
@@ -88,7 +90,7 @@ def make_archive(root, versions=None):
 
 def build(tmp_path, **kw):
     kw = {'repos_per_language': 5, 'languages': ('python', 'go'), 'jobs': 2, **kw}
-    return sources.debian_corpus(str(tmp_path / 'data'), indexes=kw.pop('indexes'), **kw)
+    return debian.debian_corpus(str(tmp_path / 'data'), indexes=kw.pop('indexes'), **kw)
 
 
 def leftovers(root):
@@ -123,8 +125,8 @@ def test_rerun_fetches_nothing_and_reports_what_changed(tmp_path, monkeypatch, c
     indexes = make_archive(str(tmp_path))
     build(tmp_path, indexes=indexes)
     calls = []
-    real = sources._download
-    monkeypatch.setattr(sources, '_download', lambda *a: calls.append(a[0]) or real(*a))
+    real = debian._download
+    monkeypatch.setattr(debian, '_download', lambda *a: calls.append(a[0]) or real(*a))
     repos, _ = build(tmp_path, indexes=indexes)
     assert [os.path.basename(u) for u in calls] == ['pymissing_1.0.orig.tar.gz']  # only the failed download again
     assert 'WARNING' not in capsys.readouterr().err
@@ -141,13 +143,13 @@ def test_rerun_fetches_nothing_and_reports_what_changed(tmp_path, monkeypatch, c
 def test_seeded_choice_and_caps(tmp_path):
     index = {f"p{i}": {'language': 'python', 'size': 10 * i, 'version': '1', 'sha256': ''} for i in range(30)}
     index['g'] = {'language': 'go', 'size': 1, 'version': '1', 'sha256': ''}
-    a = sources.choose(index, ('python', 'go'), 1, 100, {'p3'}, skipped := {})
-    assert a == sources.choose(dict(reversed(list(index.items()))), ('python', 'go'), 1, 100, {'p3'}, {})
-    assert a != sources.choose(index, ('python', 'go'), 2, 100, {'p3'}, {})
+    a = debian.choose(index, ('python', 'go'), 1, 100, {'p3'}, skipped := {})
+    assert a == debian.choose(dict(reversed(list(index.items()))), ('python', 'go'), 1, 100, {'p3'}, {})
+    assert a != debian.choose(index, ('python', 'go'), 2, 100, {'p3'}, {})
     assert set(a['python']) == {f"p{i}" for i in range(11)} - {'p3'} and a['go'] == ['g']
     assert skipped == {'excluded': 1, 'tarball over max_package_bytes': 19}
     # another package entering the archive leaves the order of the others as it was
-    b = sources.choose({**index, 'p5b': index['p5']}, ('python',), 1, 100, {'p3'}, {})['python']
+    b = debian.choose({**index, 'p5b': index['p5']}, ('python',), 1, 100, {'p3'}, {})['python']
     assert [n for n in b if n != 'p5b'] == a['python']
     indexes = make_archive(str(tmp_path))
     repos, _ = build(tmp_path, indexes=indexes, repos_per_language=1, languages=('python',))
@@ -159,18 +161,18 @@ def test_fetch_resumes_a_half_written_part_and_checks_sha256(tmp_path):
     (tmp_path / 'f.bin').write_bytes(blob)
     url, dest, digest = f"file://{tmp_path}/f.bin", str(tmp_path / 'out.bin'), hashlib.sha256(blob).hexdigest()
     (tmp_path / 'out.bin.part').write_bytes(blob[:40_000])
-    assert sources.fetch(url, dest, len(blob), digest) == 60_000  # only the rest was transferred
+    assert debian.fetch(url, dest, len(blob), digest) == 60_000  # only the rest was transferred
     assert open(dest, 'rb').read() == blob and not os.path.exists(dest + '.part')
     os.remove(dest)
     (tmp_path / 'out.bin.part').write_bytes(b'x' * 40_000)  # a wrong prefix: fetched again from the start
-    assert sources.fetch(url, dest, len(blob), digest) == 60_000 + len(blob)
+    assert debian.fetch(url, dest, len(blob), digest) == 60_000 + len(blob)
     assert open(dest, 'rb').read() == blob
     os.remove(dest)
     with pytest.raises(CorpusError, match='sha256 mismatch'):
-        sources.fetch(url, dest, len(blob), '0' * 64)
+        debian.fetch(url, dest, len(blob), '0' * 64)
     assert not os.path.exists(dest) and not os.path.exists(dest + '.part')
     with pytest.raises(CorpusError, match='download failed'):
-        sources.fetch(f"file://{tmp_path}/absent.bin", dest, 10, '0' * 64)
+        debian.fetch(f"file://{tmp_path}/absent.bin", dest, 10, '0' * 64)
     assert not os.path.exists(dest)
 
 
@@ -183,25 +185,25 @@ def test_unpack_refuses_what_leaves_the_tree(tmp_path):
         tb = str(tmp_path / 't.tar.gz')
         make_tar(tb, members)
         with pytest.raises(CorpusError, match=why):
-            sources.unpack(tb, str(tmp_path / 'out'))
+            debian.unpack(tb, str(tmp_path / 'out'))
         assert not os.path.exists(tmp_path / 'out') and not os.path.exists(tmp_path / 'out.tmp')
     make_tar(tb, [('a.py', PY), ('in.py', ('sym', 'a.py'))])  # a link inside the tree: not unpacked, not refused
-    assert sources.unpack(tb, str(tmp_path / 'out'))['files'] == 1
+    assert debian.unpack(tb, str(tmp_path / 'out'))['files'] == 1
     (tmp_path / 'bad.tar.gz').write_bytes(open(tb, 'rb').read()[:60])  # truncated
     with pytest.raises(CorpusError, match='corrupt'):
-        sources.unpack(str(tmp_path / 'bad.tar.gz'), str(tmp_path / 'out2'))
+        debian.unpack(str(tmp_path / 'bad.tar.gz'), str(tmp_path / 'out2'))
     assert not os.path.exists(tmp_path / 'out2.tmp')
 
 
 def test_missing_apt_get_and_archive_errors_name_the_fallback(tmp_path, monkeypatch):
     monkeypatch.setenv('PATH', str(tmp_path))  # no apt-get on it
     with pytest.raises(CorpusError, match=r"apt-get not found.*--input="):
-        sources.debian_corpus(str(tmp_path / 'data'), archives=[('http://x/debian', 'stable', ['main'], '')])
+        debian.debian_corpus(str(tmp_path / 'data'), archives=[('http://x/debian', 'stable', ['main'], '')])
     (tmp_path / 'apt-get').write_text('#!/bin/sh\necho "E: Failed to fetch http://x/debian" >&2\nexit 100\n')
     os.chmod(tmp_path / 'apt-get', 0o755)
     with pytest.raises(CorpusError, match=r"apt-get update .* failed: E: Failed to fetch.*--input="):
-        sources.apt_update(str(tmp_path / 'apt'), [('http://x/debian', 'stable', ['main'], '')])
-    assert '\n' not in str(pytest.raises(CorpusError, sources.apt_update, str(tmp_path / 'a'), []).value)
+        debian.apt_update(str(tmp_path / 'apt'), [('http://x/debian', 'stable', ['main'], '')])
+    assert '\n' not in str(pytest.raises(CorpusError, debian.apt_update, str(tmp_path / 'a'), []).value)
 
 
 def test_exclusion_list(tmp_path):
@@ -231,7 +233,7 @@ def test_machine_archives_reads_list_and_deb822(tmp_path):
                                         'Components: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n\n'
                                         'Types: deb\nURIs: http://m/debian\nSuites: sid\nComponents: main\n'
                                         'Enabled: no\n')
-    assert sources.machine_archives([str(tmp_path / 'a.list'), str(tmp_path / 'b.sources')]) == [
+    assert debian.machine_archives([str(tmp_path / 'a.list'), str(tmp_path / 'b.sources')]) == [
         ('http://m/debian', 'bookworm', ['main', 'contrib'], '/k.gpg'),
         ('http://m/debian-security', 'bookworm-security', ['main'], '/usr/share/keyrings/debian-archive-keyring.gpg')]
 
@@ -243,7 +245,7 @@ def test_version_order_matches_dpkg():
     for a in vs:
         for b in vs:
             ref = subprocess.run(['dpkg', '--compare-versions', a, 'lt', b]).returncode == 0
-            assert (sources.version_key(a) < sources.version_key(b)) == ref, (a, b)
+            assert (debian.version_key(a) < debian.version_key(b)) == ref, (a, b)
 
 
 def test_parse_sources_fields_and_build_helpers(tmp_path):
@@ -258,7 +260,7 @@ def test_parse_sources_fields_and_build_helpers(tmp_path):
         "Checksums-Sha256:\n " + 'e' * 64 + " 1 twolang_1.orig.tar.gz\n\n"
         "Package: clib\nVersion: 1\nBuild-Depends: debhelper, cmake\nDirectory: d\n"
         "Checksums-Sha256:\n " + 'f' * 64 + " 1 clib_1.orig.tar.bz2\n")
-    idx = sources.parse_sources(str(tmp_path / 'S'), 'http://m/debian/')
+    idx = debian.parse_sources(str(tmp_path / 'S'), 'http://m/debian/')
     assert sorted(idx) == ['clib', 'multi', 'native', 'twolang']
     assert idx['native'] == {'version': '3', 'language': 'ruby', 'file': 'native_3.tar.xz', 'size': 5,
                              'sha256': 'a' * 64, 'url': 'http://m/debian/pool/main/n/native/native_3.tar.xz'}
@@ -272,3 +274,35 @@ def test_default_corpus_is_this_python(tmp_path):
     assert any(p.endswith('json/decoder.py') for p in repos['stdlib/json'])
     with pytest.raises(CorpusError, match="not found"):
         sources.load_corpus(str(tmp_path / 'nope'))
+
+
+def test_offline_rerun_uses_the_last_update(tmp_path, monkeypatch, capsys):
+    """apt-get update fails (no network) but the private lists of the last update are there: they are
+    used, said as a warning; without them the error names the fallback."""
+    lists = tmp_path / 'apt' / 'lists'
+    lists.mkdir(parents=True)
+    (lists / 'm_debian_dists_s_main_source_Sources').write_text('')
+    (tmp_path / 'bin').mkdir()
+    (tmp_path / 'bin' / 'apt-get').write_text(
+        '#!/bin/sh\nfor a in "$@"; do [ "$a" = update ] && { echo "E: Failed to fetch x" >&2; exit 100; }; done\n'
+        f'echo "{lists}/m_debian_dists_s_main_source_Sources|http://m/debian/"\n')
+    os.chmod(tmp_path / 'bin' / 'apt-get', 0o755)
+    monkeypatch.setenv('PATH', str(tmp_path / 'bin'))
+    archives = [('http://m/debian', 's', ['main'], '')]
+    assert debian.apt_update(str(tmp_path / 'apt'), archives) == [(f"{lists}/m_debian_dists_s_main_source_Sources",
+                                                                   'http://m/debian/')]
+    assert 'warning: apt-get update failed (E: Failed to fetch x)' in capsys.readouterr().err
+    os.remove(lists / 'm_debian_dists_s_main_source_Sources')
+    with pytest.raises(CorpusError, match=r'apt-get update .*failed.*--input='):
+        debian.apt_update(str(tmp_path / 'apt'), archives)
+
+
+def test_load_corpus_debian_with_an_exclusion_list(tmp_path):
+    indexes = make_archive(str(tmp_path))
+    (tmp_path / 'ex.txt').write_text('gobar\n')
+    repos, source, language_of = sources.load_corpus('debian', data_dir=str(tmp_path / 'data'), exclude=str(
+        tmp_path / 'ex.txt'), indexes=indexes, languages=('python', 'go'), repos_per_language=3, jobs=1)
+    assert language_of == {'pyfoo': 'python'} and 'manifest.json' in source
+    assert sorted(p for _, p, _ in sources.iter_files(repos)) == ['foo/core.py', 'foo/util.py', 'v.py']
+    with pytest.raises(CorpusError, match="languages: unknown cobol"):
+        debian.debian_corpus(str(tmp_path / 'data'), languages=('cobol',), indexes=indexes)
