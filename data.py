@@ -55,12 +55,17 @@ def remove_empty_dirs(dirs):
 
 
 @contextlib.contextmanager
-def atomic_open(path, mode='w', **kw):
-    """Write `path + '.tmp'`, rename over `path` only if the block finishes."""
+def atomic_open(path, mode='w', fsync=False, **kw):
+    """The one atomic writer: write `path + '.tmp'`, rename it over `path` only if the block
+    finishes, so that `path` is always absent or complete. fsync=True: on disk before the rename
+    (a checkpoint survives a power cut too)."""
     tmp = f"{path}.tmp"
     try:
         with (gzip.open(tmp, mode, **kw) if str(path).endswith('.gz') else open(tmp, mode, **kw)) as f:
             yield f
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -142,10 +147,6 @@ class Shard:
     def get(self, i):
         """(uint32 tokens of sequence i, ICC label)"""
         return np.asarray(self.tokens[self.offsets[i]:self.offsets[i + 1]]), int(self.labels[i])
-
-
-def read_shard(path):
-    return Shard(path)
 
 
 class ICCData:

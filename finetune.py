@@ -9,20 +9,14 @@ Single-exit baseline (paper 6.3):       python finetune.py --task retrieval --si
 From a released checkpoint:             python finetune.py --task retrieval --init_from path/to/ModularStarEncoder \
                                             --tokenizer path/to/starcoder2-tokenizer
 
-Retrieval: inputs `<sep>{instruction}<sep>{text}<cls>` with the released instructions; one
-projection head per exit; a CLIP loss (symmetric cross-entropy over the in-batch similarity
-matrix of cosines x `logit_scale`) at every exit, weighted by depth as in pre-training; every
-batch holds text-to-code and code-to-code pairs in equal numbers; 30% of code snippets are
-augmented. Under DDP the embeddings of all ranks are gathered so that every loss sees the whole
-global batch of negatives; with gradient accumulation the same holds through GradCache (Gao et
-al. 2021): embeddings first, then the loss's gradient w.r.t. them, then each micro-batch again.
-Clone: `<sep>{snippet 1}<sep>{snippet 2}<cls>` and one binary classifier per exit on <cls>.
+Retrieval: `<sep>{instruction}<sep>{text}<cls>` inputs, a projection head and a CLIP loss at every
+exit, weighted by depth; batches hold both kinds of pairs equally, 30% of code augmented; the
+negatives are the global batch, through GradCache (Gao et al. 2021) under accumulation. Clone:
+`<sep>{snippet 1}<sep>{snippet 2}<cls>` and a binary classifier per exit on <cls>.
 """
-import json
 import os
 import re
 import string
-import sys
 import time
 from collections import Counter
 from dataclasses import replace
@@ -32,7 +26,16 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from evaluate import mrr as ev_mrr, precision_recall_f1, target_ranks
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from data import load_bigclonebench, read_pairs
+from metrics import mrr, precision_recall_f1, target_ranks
+from model import MoSE, load_state
+from stage import MASTER, fail, make_out_dir, print0
+from tokenizer import get_tokenizer
+from training import (EpochSampler, Objective, UserError, all_reduce_sum, append_log, autocast_context,
+                      check_model_tokenizer, left_pad, list_checkpoints, load_model, lr_at, micro_batch_start, rng_state,
+                      save_run, set_rng_state, setup_distributed, truncate_log)
 
 WORD = re.compile(r'\b[A-Za-z_][A-Za-z0-9_]*\b')
 
@@ -90,21 +93,192 @@ def gather_rows(z):
     return torch.cat(parts)
 
 
-def mrr(scores):
-    """scores (Q, N), query i's target is candidate i: evaluate.py's MRR (pessimistic ties)."""
-    return ev_mrr(target_ranks(scores.numpy()))
+def read_training_pairs(task, train_pairs, valid_pairs, bcb_dir):
+    """(streams {kind: training rows}, validation rows, functions {id: code} for clone pairs)."""
+    if task == 'clone':
+        funcs, train_rows, skipped = load_bigclonebench(bcb_dir, 'train')
+        _, valid_rows, vskipped = load_bigclonebench(bcb_dir, 'valid')
+        if skipped + vskipped:
+            print0(f"skipped {skipped} train / {vskipped} valid pairs whose ids are missing from {bcb_dir}/data.jsonl")
+        return {'clone': train_rows}, valid_rows, funcs
+    train_rows, valid_rows = read_pairs(train_pairs), read_pairs(valid_pairs)
+    streams = {k: [r for r in train_rows if r['kind'] == k] for k in ('text-code', 'code-code')}
+    streams = {k: v for k, v in streams.items() if v}
+    if len(streams) == 1:
+        print0(f"warning: {train_pairs} holds only {next(iter(streams))} pairs; batches cannot be balanced")
+    return streams, valid_rows, None
+
+
+def make_batch(first, streams, orders, per_stream, tok, max_len, funcs=None, seed=0, augment_prob=0.0):
+    """The sequences of the micro-batch whose rows start at stream position `first` in each stream.
+    Retrieval: (b queries then b codes, None); clone: (b pairs, b labels)."""
+    queries, codes, labels = [], [], []
+    for name, rows in streams.items():
+        for g in range(first // len(streams), first // len(streams) + per_stream):
+            r = rows[orders[name](g)]
+            if name == 'clone':
+                codes.append(tok.pair(funcs[r[0]], funcs[r[1]], max_len))
+                labels.append(r[2])
+                continue
+            query, code = retrieval_texts(r, augment_rng(seed, name, g), augment_prob)
+            codes.append(tok.code_input(code, r['code_lang'], max_len))
+            queries.append(tok.query_input(query, max_len) if r['kind'] == 'text-code'
+                           else tok.code_input(query, r['query_lang'], max_len))
+    return queries + codes, (labels if 'clone' in streams else None)
+
+
+def resume_run(out_dir, config):
+    """(model, checkpoint) of the newest checkpoint of out_dir, which must be of a run with these settings."""
+    if not list_checkpoints(out_dir):
+        raise UserError(f"init_from='resume' but {out_dir} holds no checkpoint")
+    model, ckpt, where = load_model(out_dir, f"python finetune.py --task {config['task']}")
+    theirs = ckpt.get('config', {})  # the settings the model and the data stream depend on
+    differ = [f"{k}={theirs.get(k)!r} here {config[k]!r}"
+              for k in ('task', 'single_exit', 'max_len', 'tokenizer', 'pooling') if theirs.get(k) != config[k]]
+    if differ:
+        raise UserError(f"{where} is a checkpoint of another config: {', '.join(differ)}")
+    print0(f"resuming from {where} at step {ckpt['step']}")
+    return model, ckpt
+
+
+def finetune_model(init_from, tok, task, single_exit=0, proj_heads=True, dropout=0.1, pooling='cls'):
+    """The fine-tuning model of a pre-trained one (a checkpoint, a pre-training out_dir or a released
+    directory): its backbone (the first single_exit layers when > 0) with the task's heads, one per
+    exit, and its dropout."""
+    pre, ckpt, where = load_model(init_from, 'python pretrain.py config/mose_tiny.py')
+    check_model_tokenizer(pre, ckpt, tok, where)
+    print0(f"initialised from {where}" + (f" (step {ckpt['step']})" if 'step' in ckpt else ''))
+    if single_exit:
+        pre = pre.truncated(single_exit, keep_exits=[single_exit])
+    cfg = replace(pre.config, proj_heads=task == 'retrieval' and proj_heads, n_classes=2 if task == 'clone' else 0,
+                  attn_dropout=dropout, resid_dropout=dropout, embd_dropout=dropout, pooling=pooling)
+    model = MoSE(cfg)
+    ours = model.state_dict()
+    load_state(model, {k: v for k, v in pre.state_dict().items() if k in ours}, where='the pre-trained model', strict=False)
+    return model
+
+
+def freeze_pretraining_heads(model):
+    """The pre-training heads take no part in fine-tuning."""
+    for name, p in model.named_parameters():
+        p.requires_grad_(not name.startswith(('mlm_head.', 'icc_head.', 'exit_embedding.')))
+
+
+def retrieval_loss(zq, zc, weights, scale):
+    """Depth-weighted CLIP loss over the global batch. zq, zc: {exit: (n, D)} of this rank, gathered
+    across ranks here. Returns the total and (n_exits, 2) statistics: loss, in-batch top-1 accuracy."""
+    total, stats = 0.0, []
+    for e, w in weights.items():
+        loss, acc = clip_loss(gather_rows(zq[e]), gather_rows(zc[e]), scale)
+        total = total + w * loss
+        stats.append(torch.stack([loss.detach(), acc]))
+    return total, torch.stack(stats)                         # (n_exits, 2)
+
+
+def clone_step(objective, batches, weights, autocast):
+    """Forward and backward of one step's clone micro-batches [(idx, labels)]; returns (n_exits, 2): loss, accuracy."""
+    exits, stats = list(weights), 0.0
+    for m, (idx, labels) in enumerate(batches):
+        if isinstance(objective, DDP):
+            objective.require_backward_grad_sync = m == len(batches) - 1
+        with autocast:
+            logits = objective(idx, exits)
+        losses = {e: F.cross_entropy(logits[e].float(), labels) for e in exits}
+        (sum(weights[e] * losses[e] for e in exits) / len(batches)).backward()
+        stats = stats + torch.stack([torch.stack([losses[e].detach(), (logits[e].argmax(1) == labels).float().mean()])
+                                     for e in exits]) / len(batches)
+    return stats
+
+
+def retrieval_step(objective, batches, weights, autocast, scale, device):
+    """Forward and backward of one step's retrieval micro-batches [(idx (2b, T), None)]: b queries then
+    b codes each. The loss of every rank is the same global loss; its gradient w.r.t. this rank's
+    embeddings is exact, and DDP averages over ranks, hence the factor world size. With several
+    micro-batches, GradCache: 1) embeddings without a graph, 2) the loss and its gradient w.r.t.
+    them, 3) each micro-batch again, with the same dropout, backpropagating that gradient."""
+    exits, world = list(weights), dist.get_world_size() if dist.is_initialized() else 1
+    ddp = isinstance(objective, DDP)
+    if len(batches) == 1:
+        with autocast:
+            z = objective(batches[0][0], exits)
+        n = len(batches[0][0]) // 2
+        total, stats = retrieval_loss({e: z[e][:n] for e in exits}, {e: z[e][n:] for e in exits}, weights, scale)
+        (total * world).backward()
+        return stats
+    states, cached = [], []
+    with torch.no_grad():
+        for idx, _ in batches:
+            states.append(rng_state(device))
+            with autocast:
+                cached.append(objective(idx, exits))
+    z = {e: torch.cat([c[e] for c in cached]).requires_grad_(True) for e in exits}  # (accum * 2b, D)
+    n = len(batches[0][0]) // 2  # rows per micro-batch: b queries then b codes
+    q = {e: torch.cat([z[e][2 * n * m:2 * n * m + n] for m in range(len(batches))]) for e in exits}
+    c = {e: torch.cat([z[e][2 * n * m + n:2 * n * (m + 1)] for m in range(len(batches))]) for e in exits}
+    total, stats = retrieval_loss(q, c, weights, scale)
+    (total * world).backward()
+    for m, (idx, _) in enumerate(batches):
+        set_rng_state(states[m], device)
+        if ddp:
+            objective.require_backward_grad_sync = m == len(batches) - 1
+        with autocast:
+            zm = objective(idx, exits)
+        torch.autograd.backward([zm[e] for e in exits], [z[e].grad[2 * n * m:2 * n * (m + 1)] for e in exits])
+    return stats
+
+
+@torch.no_grad()
+def validate(model, task, rows, tok, max_len, batch_size, autocast, device, funcs=None, eval_max=1000):
+    """Retrieval: MRR per exit and kind over up to eval_max validation pairs (all of them the
+    candidates); clone: F1 per exit at p(clone) > 0.5. Ranks encode disjoint slices."""
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    exits, results = list(model.config.exit_layers), {}
+    model.eval()
+    for kind in (('text-code', 'code-code') if task == 'retrieval' else ('clone',)):
+        part_rows = [r for r in rows if task == 'clone' or r['kind'] == kind][:eval_max]
+        if not part_rows:
+            continue
+        mine = list(range(rank, len(part_rows), world))
+        out = {e: [] for e in exits}
+        for i in range(0, len(mine), batch_size):
+            part = [part_rows[j] for j in mine[i:i + batch_size]]
+            if task == 'clone':
+                seqs = [tok.pair(funcs[a], funcs[b], max_len) for a, b, _ in part]
+            else:
+                seqs = [tok.query_input(r['query'], max_len) if kind == 'text-code'
+                        else tok.code_input(r['query'], r['query_lang'], max_len) for r in part]
+                seqs += [tok.code_input(r['code'], r['code_lang'], max_len) for r in part]
+            idx = left_pad([np.asarray(s) for s in seqs], tok.pad_id, vocab_size=tok.n_vocab).to(device)
+            with autocast:
+                res = model.classify(idx, exits) if task == 'clone' else model.encode(idx, exits)
+            for e in exits:
+                out[e].append(res[e].argmax(1).cpu() if task == 'clone' else res[e].float().cpu())
+        out = {e: torch.cat(v) if v else torch.zeros(0) for e, v in out.items()}
+        gathered = [(mine, out)]
+        if world > 1:
+            gathered = [None] * world
+            dist.all_gather_object(gathered, (mine, out))
+        order = [j for m, _ in gathered for j in m]
+        for e in exits:
+            if task == 'clone':
+                pred = torch.cat([o[e] for _, o in gathered])
+                gold = torch.tensor([part_rows[j][2] for j in order])
+                results.setdefault(e, {})['f1'] = precision_recall_f1(pred.numpy(), gold.numpy())[2]
+                continue
+            # each rank's output is its queries' then its codes' embeddings, per batch: undo that
+            qs, cs = [], []
+            for m, o in gathered:
+                bs = [min(batch_size, len(m) - i) for i in range(0, len(m), batch_size)]
+                for chunk in torch.split(o[e], [2 * b for b in bs]):
+                    qs.append(chunk[:len(chunk) // 2])
+                    cs.append(chunk[len(chunk) // 2:])
+            q, c = torch.cat(qs), torch.cat(cs)
+            results.setdefault(e, {})[f'mrr_{kind}'] = mrr(target_ranks((q @ c.T).numpy()))
+    model.train()
+    return results
 
 
 if __name__ == '__main__':
-    from torch.nn.parallel import DistributedDataParallel as DDP
-
-    from data import load_bigclonebench, read_pairs, remove_empty_dirs
-    from model import MoSE, config_from_dict, config_to_dict, load_state
-    from tokenizer import check_tokenizer, get_tokenizer
-    from training import (EpochSampler, Objective, UserError, all_reduce_sum, autocast_context, batch_rows, ensure_writable,
-                          gather_rng_states, left_pad, list_checkpoints, load_checkpoint, lr_at, rng_state, save_checkpoint,
-                          set_rng_state, setup_distributed, truncate_log)
-
     # -------------------------------------------------------------------------
     task = 'retrieval'               # 'retrieval' or 'clone'
     # I/O
@@ -151,12 +325,7 @@ if __name__ == '__main__':
     exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())  # -> config
     # -------------------------------------------------------------------------
 
-    created = []  # directories this run made: a run stopped by bad input takes them back if still empty
-
-    def fail(msg):
-        remove_empty_dirs(created)
-        sys.exit(f"error: {msg}")
-
+    # setup: the task's defaults (paper 4.1, 4.2), processes, precision, the batch in pairs
     if task not in ('retrieval', 'clone'):
         fail(f"unknown task {task!r}: expected 'retrieval' or 'clone'")
     out_dir = out_dir or f'out/finetune-{task}'
@@ -165,286 +334,88 @@ if __name__ == '__main__':
     max_steps = max_steps or {'retrieval': 1000, 'clone': 14000}[task]
     config.update(total_batch=total_batch, warmup_steps=warmup_steps, max_steps=max_steps, out_dir=out_dir)
     ddp, rank, local_rank, world_size, device = setup_distributed(device)
-    master = rank == 0
     device_type = 'cuda' if device.startswith('cuda') else 'cpu'
     dtype, ptdtype, autocast = autocast_context(device_type, dtype)
     torch.manual_seed(seed + rank)
     if total_batch % (batch_size * world_size):
         fail(f"total_batch={total_batch} is not divisible by batch_size x world_size = {batch_size} x {world_size}")
     grad_accum = total_batch // (batch_size * world_size)
-    if master:
-        print(f"pairs per step: {batch_size} x {grad_accum} (accum) x {world_size} (world) = {total_batch}")
+    rows_per_step = batch_size * grad_accum * world_size
+    print0(f"pairs per step: {batch_size} x {grad_accum} (accum) x {world_size} (world) = {total_batch}")
+    if MASTER:
+        make_out_dir(out_dir)
 
-    if master:
-        try:
-            created = ensure_writable(out_dir)
-        except OSError as e:
-            fail(f"out_dir {out_dir!r} is not writable ({e.strerror or e})")
-
-    # data
+    # data: one stream per kind of pair, each in its own epoch order
     try:
         tok = get_tokenizer(tokenizer)
-        if task == 'retrieval':
-            train_rows, valid_rows = read_pairs(train_pairs), read_pairs(valid_pairs)
-            streams = {k: [r for r in train_rows if r['kind'] == k] for k in ('text-code', 'code-code')}
-            streams = {k: v for k, v in streams.items() if v}
-            if len(streams) == 1 and master:
-                print(f"warning: {train_pairs} holds only {next(iter(streams))} pairs; batches cannot be balanced")
-            if batch_size % len(streams):
-                fail(f"batch_size={batch_size} must be even to hold both kinds of pairs in equal numbers")
-        else:
-            funcs, train_rows, skipped = load_bigclonebench(bcb_dir, 'train')
-            _, valid_rows, vskipped = load_bigclonebench(bcb_dir, 'valid')
-            if master and skipped + vskipped:
-                print(f"skipped {skipped} train / {vskipped} valid pairs whose ids are missing from {bcb_dir}/data.jsonl")
-            streams = {'clone': train_rows}
+        streams, valid_rows, funcs = read_training_pairs(task, train_pairs, valid_pairs, bcb_dir)
     except (OSError, ValueError, UserError) as e:
         fail(e)
+    if batch_size % len(streams):
+        fail(f"batch_size={batch_size} must be even to hold both kinds of pairs in equal numbers")
     orders = {k: EpochSampler(len(v), seed + i) for i, (k, v) in enumerate(streams.items())}
-    per_stream = batch_size // len(streams)
 
     def get_batch(first):
-        """Micro-batch whose rows start at stream position `first` in each stream. Retrieval:
-        (idx (2b, T): b queries then b codes, None); clone: (idx (b, T), labels (b,))."""
-        queries, codes, labels = [], [], []
-        for name, rows in streams.items():
-            for g in range(first // len(streams), first // len(streams) + per_stream):
-                r = rows[orders[name](g)]
-                rng = augment_rng(seed, name, g)
-                if task == 'clone':
-                    codes.append(tok.pair(funcs[r[0]], funcs[r[1]], max_len))
-                    labels.append(r[2])
-                    continue
-                query, code = retrieval_texts(r, rng, augment_prob)
-                codes.append(tok.code_input(code, r['code_lang'], max_len))
-                queries.append(tok.query_input(query, max_len) if r['kind'] == 'text-code'
-                               else tok.code_input(query, r['query_lang'], max_len))
-        idx = left_pad([np.asarray(s) for s in queries + codes], tok.pad_id, vocab_size=tok.n_vocab).to(device)
-        return idx, (torch.tensor(labels, device=device) if task == 'clone' else None)
+        seqs, labels = make_batch(first, streams, orders, batch_size // len(streams), tok, max_len, funcs, seed,
+                                  augment_prob)
+        idx = left_pad([np.asarray(s) for s in seqs], tok.pad_id, vocab_size=tok.n_vocab).to(device)
+        return idx, (torch.tensor(labels, device=device) if labels is not None else None)
 
-    # model
-    step, data_pos, ckpt = 0, 0, None
+    # model: the newest checkpoint of out_dir, or a pre-trained one with the task's heads
+    resume = init_from == 'resume'
     try:
-        if init_from == 'resume':
-            found = list_checkpoints(out_dir)
-            if not found:
-                fail(f"init_from='resume' but {out_dir} holds no checkpoint")
-            ckpt = load_checkpoint(found[-1])
-            theirs = ckpt.get('config', {})  # what the model and the data stream depend on
-            differ = [f"{k}={theirs.get(k)!r} here {config[k]!r}" for k in ('task', 'single_exit', 'max_len', 'tokenizer',
-                                                                               'pooling')
-                      if theirs.get(k) != config[k]]
-            if differ:
-                fail(f"{found[-1]} is a checkpoint of another config: {', '.join(differ)}")
-            model = MoSE(config_from_dict(ckpt['model_config'], where=found[-1]))
-            load_state(model, ckpt['model'], where=found[-1])
-            step, data_pos = ckpt['step'], ckpt['data_pos']
-            if master:
-                print(f"resuming from {found[-1]} at step {step}")
+        if resume:
+            model, ckpt = resume_run(out_dir, config)
         else:
-            if os.path.isfile(os.path.join(init_from, 'config.json')):   # a released checkpoint
-                pre = MoSE.from_pretrained(init_from, verbose=master)
-            else:
-                path = init_from
-                if os.path.isdir(init_from):
-                    found = list_checkpoints(init_from)
-                    if not found:
-                        fail(f"no pre-trained checkpoint in {init_from}: run `python pretrain.py config/mose_tiny.py` "
-                             f"first, or pass --init_from=<checkpoint or released model dir>")
-                    path = found[-1]
-                elif not os.path.isfile(init_from):
-                    fail(f"init_from={init_from!r} is neither a checkpoint file nor a directory; run "
-                         f"`python pretrain.py config/mose_tiny.py` first")
-                pre_ckpt = load_checkpoint(path)
-                if 'model_config' not in pre_ckpt:
-                    fail(f"{path}: not a MoSE training checkpoint (no 'model_config')")
-                pre = MoSE(config_from_dict(pre_ckpt['model_config'], where=path))
-                load_state(pre, pre_ckpt['model'], where=path)
-                if 'tokenizer' in pre_ckpt:
-                    check_tokenizer(pre_ckpt['tokenizer'], tok, path)
-                if master:
-                    print(f"initialised from {path} (step {pre_ckpt.get('step')})")
-                del pre_ckpt
-            if pre.config.vocab_size != tok.n_vocab:
-                fail(f"{init_from}: the model's vocab_size {pre.config.vocab_size} does not match tokenizer "
-                     f"{tokenizer!r} (n_vocab {tok.n_vocab})")
-            if single_exit:
-                pre = pre.truncated(single_exit, keep_exits=[single_exit])
-            cfg = replace(pre.config, proj_heads=task == 'retrieval' and proj_heads, n_classes=2 if task == 'clone' else 0,
-                          attn_dropout=dropout, resid_dropout=dropout, embd_dropout=dropout, pooling=pooling)
-            model = MoSE(cfg)
-            ours = model.state_dict()
-            load_state(model, {k: v for k, v in pre.state_dict().items() if k in ours}, where=init_from, strict=False)
-            del pre
+            model, ckpt = finetune_model(init_from, tok, task, single_exit, proj_heads, dropout, pooling), {}
     except (OSError, ValueError, UserError) as e:
         fail(e)
+    step, data_pos = ckpt.get('step', 0), ckpt.get('data_pos', 0)
     if max_len > model.config.max_seq_len:
         fail(f"max_len={max_len} exceeds the model's max_seq_len={model.config.max_seq_len}")
-    for name, p in model.named_parameters():  # the pre-training heads take no part in fine-tuning
-        p.requires_grad_(not name.startswith(('mlm_head.', 'icc_head.', 'exit_embedding.')))
+    freeze_pretraining_heads(model)
     model.to(device)
-    raw_model = model
-    exits = list(model.config.exit_layers)
-    weights = {e: e / exits[-1] for e in exits}  # deeper exits weigh more (paper 2.2), as in pre-training
+    exits, weights = list(model.config.exit_layers), model.exit_weights()
     optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), eps, device_type, embed_lr_mult)
-    if ckpt is not None:
+    if resume:
         optimizer.load_state_dict(ckpt['optimizer'])
         if len(ckpt['rng']) == world_size:
             set_rng_state(ckpt['rng'][rank], device)
-        ckpt = None
+    ckpt = None  # free memory
     objective = Objective(model, 'encode' if task == 'retrieval' else 'classify')
     if compile:
         objective = torch.compile(objective)
     if ddp:
         objective = DDP(objective, device_ids=[local_rank] if device_type == 'cuda' else None, broadcast_buffers=False)
-    if master:
-        print(f"{task}: {raw_model.num_params() / 1e6:.1f}M backbone parameters, exits {exits}, "
-              f"{sum(len(v) for v in streams.values()):,} training pairs")
+    print0(f"{task}: {model.num_params() / 1e6:.1f}M backbone parameters, exits {exits}, "
+           f"{sum(len(v) for v in streams.values()):,} training pairs")
 
-    def retrieval_loss(zq, zc):
-        """Weighted CLIP loss over the global batch. zq, zc: {exit: (n, D)}, gathered across ranks."""
-        total, stats = 0.0, []
-        for e in exits:
-            loss, acc = clip_loss(gather_rows(zq[e]), gather_rows(zc[e]), logit_scale)
-            total = total + weights[e] * loss
-            stats.append(torch.stack([loss.detach(), acc]))
-        return total, torch.stack(stats)                    # (n_exits, 2): loss, in-batch top-1 accuracy
-
-    def train_step(batches):
-        """Forward and backward of one step's micro-batches; returns (n_exits, 2) statistics."""
-        if task == 'clone':
-            stats = 0.0
-            for m, (idx, labels) in enumerate(batches):
-                if ddp:
-                    objective.require_backward_grad_sync = m == len(batches) - 1
-                with autocast:
-                    logits = objective(idx, exits)
-                losses = {e: F.cross_entropy(logits[e].float(), labels) for e in exits}
-                (sum(weights[e] * losses[e] for e in exits) / len(batches)).backward()
-                stats = stats + torch.stack([torch.stack([losses[e].detach(), (logits[e].argmax(1) == labels).float().mean()])
-                                             for e in exits]) / len(batches)
-            return stats
-        # the loss of every rank is the same global loss; its gradient w.r.t. this rank's embeddings
-        # is exact, and DDP averages over ranks, hence the factor world_size
-        if len(batches) == 1:
-            idx, _ = batches[0]
-            with autocast:
-                z = objective(idx, exits)
-            n = len(idx) // 2
-            total, stats = retrieval_loss({e: z[e][:n] for e in exits}, {e: z[e][n:] for e in exits})
-            (total * world_size).backward()
-            return stats
-        states, cached = [], []  # GradCache: 1) embeddings without a graph
-        with torch.no_grad():
-            for idx, _ in batches:
-                states.append(rng_state(device))
-                with autocast:
-                    cached.append(objective(idx, exits))
-        z = {e: torch.cat([c[e] for c in cached]).requires_grad_(True) for e in exits}  # (accum * 2b, D)
-        n = batch_size  # rows per micro-batch: b queries then b codes
-        q = {e: torch.cat([z[e][2 * n * m:2 * n * m + n] for m in range(len(batches))]) for e in exits}
-        c = {e: torch.cat([z[e][2 * n * m + n:2 * n * (m + 1)] for m in range(len(batches))]) for e in exits}
-        total, stats = retrieval_loss(q, c)  # 2) the loss and its gradient w.r.t. the embeddings
-        (total * world_size).backward()
-        for m, (idx, _) in enumerate(batches):  # 3) each micro-batch again, with the same dropout
-            set_rng_state(states[m], device)
-            if ddp:
-                objective.require_backward_grad_sync = m == len(batches) - 1
-            with autocast:
-                zm = objective(idx, exits)
-            torch.autograd.backward([zm[e] for e in exits], [z[e].grad[2 * n * m:2 * n * (m + 1)] for e in exits])
-        return stats
-
-    @torch.no_grad()
     def evaluate():
-        """Retrieval: MRR per exit and kind over up to eval_max validation pairs (all of them the
-        candidates); clone: F1 per exit at p(clone) > 0.5. Ranks encode disjoint slices."""
-        model.eval()
-        results = {}
-        kinds = ['text-code', 'code-code'] if task == 'retrieval' else ['clone']
-        for kind in kinds:
-            rows = [r for r in valid_rows if task == 'clone' or r['kind'] == kind][:eval_max]
-            if not rows:
-                continue
-            mine = list(range(rank, len(rows), world_size))
-            out = {e: [] for e in exits}
-            for i in range(0, len(mine), batch_size):
-                part = [rows[j] for j in mine[i:i + batch_size]]
-                if task == 'clone':
-                    idx = left_pad([np.asarray(tok.pair(funcs[a], funcs[b], max_len)) for a, b, _ in part], tok.pad_id,
-                                   vocab_size=tok.n_vocab)
-                    with autocast:
-                        res = raw_model.classify(idx.to(device), exits)
-                    for e in exits:
-                        out[e].append(res[e].argmax(1).cpu())
-                    continue
-                seqs = [tok.query_input(r['query'], max_len) if kind == 'text-code'
-                        else tok.code_input(r['query'], r['query_lang'], max_len) for r in part]
-                seqs += [tok.code_input(r['code'], r['code_lang'], max_len) for r in part]
-                with autocast:
-                    res = raw_model.encode(left_pad([np.asarray(s) for s in seqs], tok.pad_id, vocab_size=tok.n_vocab).to(device), exits)
-                for e in exits:
-                    out[e].append(res[e].float().cpu())
-            out = {e: torch.cat(v) if v else torch.zeros(0) for e, v in out.items()}
-            if ddp:
-                gathered = [None] * world_size
-                dist.all_gather_object(gathered, (mine, out))
-            else:
-                gathered = [(mine, out)]
-            order = [j for m, _ in gathered for j in m]
-            for e in exits:
-                if task == 'clone':
-                    pred = torch.cat([o[e] for _, o in gathered])
-                    gold = torch.tensor([rows[j][2] for j in order])
-                    results.setdefault(e, {})['f1'] = precision_recall_f1(pred.numpy(), gold.numpy())[2]
-                    continue
-                # each rank's output is its queries' then its codes' embeddings, per batch: undo that
-                qs, cs = [], []
-                for m, o in gathered:
-                    bs = [min(batch_size, len(m) - i) for i in range(0, len(m), batch_size)]
-                    for chunk in torch.split(o[e], [2 * b for b in bs]):
-                        qs.append(chunk[:len(chunk) // 2])
-                        cs.append(chunk[len(chunk) // 2:])
-                q, c = torch.cat(qs), torch.cat(cs)
-                results.setdefault(e, {})[f'mrr_{kind}'] = mrr(q @ c.T)
-        model.train()
-        return results
-
-    def log(entry):
-        if master:
-            with open(os.path.join(out_dir, 'log.jsonl'), 'a') as f:
-                f.write(json.dumps(entry) + '\n')
+        return validate(model, task, valid_rows, tok, max_len, batch_size, autocast, device, funcs, eval_max)
 
     def report_eval(res):
-        log({'step': step, 'eval': {str(e): r for e, r in res.items()}})
-        if master:
-            print(f"eval step {step}: " + ' | '.join(f"exit {e}: " + ' '.join(f"{k} {v:.4f}" for k, v in r.items())
-                                                   for e, r in res.items()), flush=True)
-
-    def checkpoint():
-        rng = gather_rng_states(device)
-        if master:
-            path = save_checkpoint(out_dir, step, {
-                'model': raw_model.state_dict(), 'optimizer': optimizer.state_dict(),
-                'model_config': config_to_dict(raw_model.config), 'config': config, 'step': step,
-                'data_pos': data_pos, 'rng': rng, 'tokenizer': tok.meta()}, keep_last)
-            print(f"saved {path}")
+        append_log(out_dir, {'step': step, 'eval': {str(e): r for e, r in res.items()}})
+        print0(f"eval step {step}: " + ' | '.join(f"exit {e}: " + ' '.join(f"{k} {v:.4f}" for k, v in r.items())
+                                                 for e, r in res.items()))
 
     # -------------------------------------------------------------------------
-    if master:
+    # training loop
+    if MASTER:
         truncate_log(os.path.join(out_dir, 'log.jsonl'), step)
     if step == 0:
         report_eval(evaluate())
-    rows_per_step = batch_size * grad_accum * world_size
     t_log, step_logged, seen = time.time(), step, 0
     while step < max_steps:
         lr = lr_at(step, learning_rate, warmup_steps)
         for group in optimizer.param_groups:
             group['lr'] = lr * group.get('lr_mult', 1.0)
-        batches = [get_batch(data_pos + batch_rows(0, m, grad_accum, world_size, rank, batch_size)[0])
+        batches = [get_batch(micro_batch_start(data_pos, m, grad_accum, world_size, rank, batch_size))
                    for m in range(grad_accum)]
-        stats = train_step(batches)
-        norm = torch.nn.utils.clip_grad_norm_([p for p in raw_model.parameters() if p.requires_grad],
+        if task == 'clone':
+            stats = clone_step(objective, batches, weights, autocast)
+        else:
+            stats = retrieval_step(objective, batches, weights, autocast, logit_scale, device)
+        norm = torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad],
                                               grad_clip if grad_clip > 0 else float('inf'))
         if not torch.isfinite(norm):
             fail(f"non-finite loss or gradient at step {step}; nothing saved")
@@ -454,21 +425,19 @@ if __name__ == '__main__':
         data_pos += rows_per_step
         seen += rows_per_step
         if step % log_interval == 0 or step == max_steps:
-            st = all_reduce_sum(stats.detach().clone()).cpu() / world_size
+            st = (all_reduce_sum(stats.detach().clone()) / world_size).tolist()  # (n_exits, 2): loss, accuracy
             dt = time.time() - t_log
-            loss = sum(weights[e] * s[0].item() for e, s in zip(exits, st))
-            log({'step': step, 'loss': loss, 'lr': lr, 'pairs_s': seen / dt,
-                 'exits': {str(e): {'loss': s[0].item(), 'acc': s[1].item()} for e, s in zip(exits, st)}})
-            if master:
-                per_exit = ' '.join(f"{e}:{s[0]:.3f}/{s[1]:.2f}" for e, s in zip(exits, st.tolist()))
-                print(f"step {step}/{max_steps} | loss {loss:.4f} | exit:loss/acc {per_exit} | lr {lr:.2e} | "
-                      f"{seen / dt:,.1f} pairs/s | eta {(max_steps - step) * dt / (step - step_logged) / 60:.1f}m",
-                      flush=True)
+            loss = sum(weights[e] * s[0] for e, s in zip(exits, st))
+            append_log(out_dir, {'step': step, 'loss': loss, 'lr': lr, 'pairs_s': seen / dt,
+                 'exits': {str(e): {'loss': s[0], 'acc': s[1]} for e, s in zip(exits, st)}})
+            per_exit = ' '.join(f"{e}:{s[0]:.3f}/{s[1]:.2f}" for e, s in zip(exits, st))
+            print0(f"step {step}/{max_steps} | loss {loss:.4f} | exit:loss/acc {per_exit} | lr {lr:.2e} | "
+                   f"{seen / dt:,.1f} pairs/s | eta {(max_steps - step) * dt / (step - step_logged) / 60:.1f}m")
             t_log, step_logged, seen = time.time(), step, 0
         if step % eval_interval == 0 or step == max_steps:
             report_eval(evaluate())
         if step % ckpt_interval == 0 or step == max_steps:
-            checkpoint()
+            save_run(out_dir, step, model, optimizer, config, data_pos, tok, keep_last, device)
     if ddp:  # leave together: rank 0 may still be writing the last checkpoint
         dist.barrier()
         dist.destroy_process_group()

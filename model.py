@@ -20,10 +20,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from data import atomic_open
+
 try:  # flash-attn is used when present and the tensors are on CUDA; never required
     from flash_attn import flash_attn_varlen_func
 except ImportError:
     flash_attn_varlen_func = None
+
+
+EXIT_STATS = ('mlm_loss', 'icc_loss', 'mlm_acc', 'icc_acc')  # the entries of pretrain_loss's per-exit statistics
 
 
 @dataclass
@@ -182,8 +187,11 @@ class MLMHead(nn.Module):
         self.norm = nn.LayerNorm(config.n_embd, eps=config.norm_eps)
         self.decoder = nn.Linear(config.n_embd, config.padded_vocab_size)
 
+    def transform(self, x):  # (N, n_embd + conditional_size) -> (N, n_embd)
+        return self.norm(F.gelu(self.dense(x), approximate='tanh'))
+
     def forward(self, x):
-        return self.decoder(self.norm(F.gelu(self.dense(x), approximate='tanh')))
+        return self.decoder(self.transform(x))                   # (N, padded_vocab)
 
 
 class LinearCrossEntropy(torch.autograd.Function):
@@ -364,7 +372,7 @@ class MoSE(nn.Module):
 
     def mlm_logits(self, h, exit, positions):
         """MLM logits at the masked positions only. h: (B, T, C); positions: (N,) flat
-        indices into B*T. Returns (N, padded_vocab)."""
+        indices into B*T. Returns (N, padded_vocab): the reference mlm_loss is checked against."""
         h = h.reshape(-1, h.size(-1))[positions]  # (N, C): never the whole sequence
         return self.mlm_head(self._condition(h, exit))
 
@@ -374,7 +382,7 @@ class MoSE(nn.Module):
         without materialising the (N, V) logits. chunk: rows per chunk (0 = LinearCrossEntropy's default)."""
         x = h.reshape(-1, h.size(-1))[positions]                    # (N, C)
         head = self.mlm_head
-        x = head.norm(F.gelu(head.dense(self._condition(x, exit)), approximate='tanh'))  # (N, C)
+        x = head.transform(self._condition(x, exit))                # (N, C)
         return LinearCrossEntropy.apply(x, head.decoder.weight, head.decoder.bias, targets, chunk,
                                         torch.is_grad_enabled())
 
@@ -382,19 +390,27 @@ class MoSE(nn.Module):
         """In-context classification logits on the final <cls>. h: (B, T, C) -> (B, 2)."""
         return self.icc_head(self._condition(h[:, -1], exit))
 
+    def exit_weights(self):
+        """{exit i: i / n_layer}: the weight of each exit's loss, deeper exits weighing more (paper
+        2.2), in pre-training and fine-tuning alike."""
+        return {e: e / self.config.n_layer for e in self.config.exit_layers}
+
     def pretrain_loss(self, idx, mask, positions, targets, icc_labels, exits=None):
         """Self-distillation loss (paper 2.2): sum over exits i of (i / n_layer) * (MLM_i + ICC_i).
         positions: (N,) flat indices of the MLM-selected tokens, targets: (N,) their original ids,
-        icc_labels: (B,). Returns the total and per-exit detached statistics."""
+        icc_labels: (B,). Returns the total and {exit: (4,) detached statistics}, whose entries are
+        named by EXIT_STATS (a tensor, so that micro-steps add up and ranks all-reduce it in one go)."""
         hs = self(idx, exits, mask)
+        weights = self.exit_weights()
         total, stats = 0.0, {}
         for e, h in hs.items():
             l_mlm, correct = self.mlm_loss(h, e, positions, targets)
             icc = self.icc_logits(h, e)                             # (B, 2)
             l_icc = F.cross_entropy(icc.float(), icc_labels)
-            total = total + (e / self.config.n_layer) * (l_mlm + l_icc)
-            stats[e] = torch.stack([l_mlm.detach(), l_icc.detach(), correct.float() / len(targets),
-                                    (icc.argmax(-1) == icc_labels).float().mean()])  # (4,)
+            total = total + weights[e] * (l_mlm + l_icc)
+            named = {'mlm_loss': l_mlm.detach(), 'icc_loss': l_icc.detach(), 'mlm_acc': correct.float() / len(targets),
+                     'icc_acc': (icc.argmax(-1) == icc_labels).float().mean()}
+            stats[e] = torch.stack([named[k] for k in EXIT_STATS])  # (4,)
         return total, stats
 
     def encode(self, idx, exits, mask=None):
@@ -503,26 +519,26 @@ class MoSE(nn.Module):
         return small.to(next(self.parameters()).dtype).train(self.training)
 
     def save(self, path):
-        """Write {'model', 'config'} atomically (temp file, then os.replace)."""
-        tmp = f"{path}.tmp"
-        torch.save({'model': self.state_dict(), 'config': config_to_dict(self.config)}, tmp)
-        os.replace(tmp, path)
+        """Write {'model', 'config'} atomically (data.atomic_open)."""
+        with atomic_open(path, 'wb') as f:
+            torch.save({'model': self.state_dict(), 'config': config_to_dict(self.config)}, f)
 
     @classmethod
-    def load(cls, path, map_location='cpu'):
-        """Load a file written by `save` or a training checkpoint ('model' and 'model_config');
-        never executes code from it (weights_only=True)."""
+    def from_checkpoint(cls, ckpt, where='checkpoint'):
+        """The model of a checkpoint dict: a training checkpoint ('model' and 'model_config') or
+        what `save` writes ('model' and 'config')."""
+        if not isinstance(ckpt, dict) or 'model' not in ckpt or not ({'config', 'model_config'} & set(ckpt)):
+            raise ValueError(f"{where}: not a MoSE checkpoint (expected 'model' and 'model_config' keys)")
+        model = cls(config_from_dict(ckpt.get('model_config', ckpt.get('config')), where=where))
+        load_state(model, ckpt['model'], where=where)
+        return model
+
+    @classmethod
+    def load(cls, path):
+        """The model of a checkpoint file (training.load_model also finds the newest of a directory)."""
         if not os.path.isfile(path):
             raise FileNotFoundError(f"checkpoint {path} not found")
-        try:
-            ckpt = torch.load(path, map_location=map_location, weights_only=True)
-        except Exception as e:
-            raise ValueError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from None
-        if not isinstance(ckpt, dict) or 'model' not in ckpt or not ({'config', 'model_config'} & set(ckpt)):
-            raise ValueError(f"{path}: expected a checkpoint dict with 'model' and 'model_config' (or 'config') keys")
-        model = cls(config_from_dict(ckpt.get('model_config', ckpt.get('config')), where=path))
-        load_state(model, ckpt['model'], where=path)
-        return model
+        return cls.from_checkpoint(load_checkpoint(path), where=str(path))
 
     @classmethod
     def from_pretrained(cls, path, dtype=torch.float32, verbose=True):
@@ -580,6 +596,14 @@ class MoSE(nn.Module):
 
 # -----------------------------------------------------------------------------
 # config and state-dict helpers
+
+def load_checkpoint(path):
+    """Read a checkpoint file; never executes code from it (weights_only=True)."""
+    try:
+        return torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:
+        raise ValueError(f"{path}: not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+
 
 def check_token_ids(idx, vocab_size):
     """Raise a one-line ValueError naming the first id of the CPU tensor idx outside [0, vocab_size)."""

@@ -13,9 +13,7 @@ accuracy, per-exit ICC accuracy, lr, tokens/s and MFU; the held-out repositories
 at intervals on all ranks; checkpoints are step-numbered, atomic and hold what an exact resume
 needs (model, optimiser, every rank's RNG, data position, config).
 """
-import json
 import os
-import sys
 import time
 from dataclasses import fields
 
@@ -23,12 +21,13 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from data import load_icc, remove_empty_dirs
-from model import MoSE, MoSEConfig, config_from_dict, config_to_dict
+from data import load_icc
+from model import EXIT_STATS, MoSE, MoSEConfig
+from stage import MASTER, fail, make_out_dir, print0
 from tokenizer import get_tokenizer
-from training import (EpochSampler, Objective, UserError, all_reduce_sum, autocast_context, batch_rows, ensure_writable,
-                      gather_rng_states, left_pad, list_checkpoints, load_checkpoint, lr_at, mask_tokens, peak_flops,
-                      save_checkpoint, set_rng_state, setup_distributed, truncate_log)
+from training import (EpochSampler, Objective, UserError, all_reduce_sum, append_log, autocast_context,
+                      check_model_tokenizer, left_pad, list_checkpoints, load_model, lr_at, mask_tokens,
+                      micro_batch_start, peak_flops, save_run, set_rng_state, setup_distributed, truncate_log)
 
 # -----------------------------------------------------------------------------
 # I/O
@@ -69,11 +68,7 @@ conditional_size = 4
 learning_rate = 6.24e-4
 max_steps = 245_000
 warmup_steps = 4000
-# Multi-step decay. The paper: "reduced at 120,000, 185,000, 220,000, 230,000 and 240,000 steps,
-# applying a decay factor of 0.36, and from step 185,000 onward, further reduced by factors of 0.1,
-# 0.031, 0.01 and 0.001". Read as five milestones with five absolute multipliers of the peak lr,
-# the DeepSeek-LLM scheme the paper cites: 0.36 from 120k, then 0.1, 0.031, 0.01, 0.001. Compounding
-# them instead would put the lr at 3.5e-8 of its peak by 230k, which no one trains with.
+# multi-step decay (paper 3.1, the DeepSeek LLM scheme it cites): from each step on, the peak lr x its multiplier
 lr_milestones = [(120_000, 0.36), (185_000, 0.1), (220_000, 0.031), (230_000, 0.01), (240_000, 0.001)]
 weight_decay = 0.1
 embed_lr_mult = 1.0              # the token embedding's lr as a multiple of learning_rate (model.configure_optimizers)
@@ -90,37 +85,23 @@ seed = 1337
 exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())  # -> config
 # -----------------------------------------------------------------------------
 
-created = []  # directories this run made: a run stopped by bad input takes them back if still empty
-
-
-def fail(msg):
-    remove_empty_dirs(created)
-    sys.exit(f"error: {msg}")
-
-
+# setup: processes, precision, the batch in tokens
 ddp, rank, local_rank, world_size, device = setup_distributed(device)
-master = rank == 0
 device_type = 'cuda' if device.startswith('cuda') else 'cpu'
 dtype, ptdtype, autocast = autocast_context(device_type, dtype)
 torch.manual_seed(seed + rank)
 if device_type == 'cuda':
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-
 tokens_per_micro = batch_size * block_size * world_size
 if total_batch_tokens % tokens_per_micro:
     fail(f"total_batch_tokens={total_batch_tokens} is not divisible by batch_size x block_size x world_size "
          f"= {batch_size} x {block_size} x {world_size} = {tokens_per_micro}")
 grad_accum = total_batch_tokens // tokens_per_micro
 rows_per_step = batch_size * grad_accum * world_size
-if master:
-    print(f"tokens per step: {batch_size} x {block_size} x {grad_accum} (accum) x {world_size} (world) "
-          f"= {total_batch_tokens:,}")
-
-if master:
-    try:
-        created = ensure_writable(out_dir)
-    except OSError as e:
-        fail(f"out_dir {out_dir!r} is not writable ({e.strerror or e})")
+print0(f"tokens per step: {batch_size} x {block_size} x {grad_accum} (accum) x {world_size} (world) "
+       f"= {total_batch_tokens:,}")
+if MASTER:
+    make_out_dir(out_dir)
 
 # data
 try:
@@ -139,8 +120,9 @@ train_order, val_order = EpochSampler(len(train_data), seed), EpochSampler(len(v
 
 def get_batch(split, first_row):
     """Micro-batch of the stream positions first_row .. first_row + batch_size - 1: left-padded
-    ids, MLM inputs/positions/targets and ICC labels. The masking RNG is keyed by the position,
-    so a batch is the same whatever the world size, accumulation or resume point."""
+    ids, MLM inputs/positions/targets, ICC labels and the number of real tokens, counted here on
+    the host. The masking RNG is keyed by the position, so a batch is the same whatever the world
+    size, accumulation or resume point."""
     data, order = (train_data, train_order) if split == 'train' else (val_data, val_order)
     seqs, labels = zip(*(data.get(order(g)) for g in range(first_row, first_row + batch_size)))
     idx = left_pad([s.astype(np.int64) for s in seqs], tok.pad_id, vocab_size=tok.n_vocab)  # (B, T)
@@ -149,110 +131,94 @@ def get_batch(split, first_row):
     if len(targets) == 0:  # only specials: the MLM loss is undefined; prepare.py never writes such rows
         fail(f"{data_dir}: {split} rows {first_row}..{first_row + batch_size - 1} of the stream hold no token to mask "
              f"(empty snippets); rebuild the shards with prepare.py")
-    mask = idx != tok.pad_id
+    mask = idx != tok.pad_id                                                                  # (B, T)
     to = lambda t: t.pin_memory().to(device, non_blocking=True) if device_type == 'cuda' else t
-    return to(inputs), to(mask), to(positions), to(targets), to(torch.tensor(labels, dtype=torch.long))
+    return (to(inputs), to(mask), to(positions), to(targets), to(torch.tensor(labels, dtype=torch.long)),
+            int(mask.sum()))
 
 
-# model
+# model: from scratch, the newest checkpoint of out_dir, or a released checkpoint (continued pre-training)
 model_args = {f.name: globals()[f.name] for f in fields(MoSEConfig) if f.name in globals()}
 model_args.update(vocab_size=tok.n_vocab, pad_id=tok.pad_id, max_seq_len=block_size)
-step, data_pos, ckpt = 0, 0, None
+step, data_pos, ckpt, resume = 0, 0, {}, init_from == 'resume'
 try:
-    if init_from == 'resume':
-        found = list_checkpoints(out_dir)
-        if not found:
-            fail(f"init_from='resume' but {out_dir} holds no checkpoint (start with --init_from=scratch)")
-        ckpt = load_checkpoint(found[-1])
-        ckpt_cfg = config_from_dict(ckpt['model_config'], where=found[-1])
-        differ = [k for k in model_args if k != 'exit_layers' and getattr(ckpt_cfg, k) != model_args[k]]
-        differ += ['exit_layers'] if list(ckpt_cfg.exit_layers) != list(model_args['exit_layers']) else []
-        if differ:
-            fail(f"{found[-1]} is a checkpoint of another config: {', '.join(f'{k}={getattr(ckpt_cfg, k)!r} here {model_args[k]!r}' for k in differ)}")
-        model = MoSE(ckpt_cfg)
-        model.load_state_dict(ckpt['model'])
-        step, data_pos = ckpt['step'], ckpt['data_pos']
-        if master:
-            print(f"resuming from {found[-1]} at step {step}")
-    elif init_from == 'scratch':
+    if init_from == 'scratch':
         model = MoSE(MoSEConfig(**model_args))
-    else:  # a released ModularStarEncoder directory (continued pre-training)
-        model = MoSE.from_pretrained(init_from, verbose=master)
-        if model.config.vocab_size != tok.n_vocab:
-            fail(f"{init_from}: vocab_size {model.config.vocab_size} != tokenizer {tokenizer!r} n_vocab {tok.n_vocab}")
+    else:
+        if resume and not list_checkpoints(out_dir):
+            fail(f"init_from='resume' but {out_dir} holds no checkpoint (start with --init_from=scratch)")
+        model, ckpt, where = load_model(out_dir if resume else init_from, 'python pretrain.py')
+        check_model_tokenizer(model, ckpt, tok, where)
+        if resume:
+            ours = MoSEConfig(**model_args)
+            differ = [k for k in model_args if getattr(model.config, k) != getattr(ours, k)]
+            if differ:
+                fail(f"{where} is a checkpoint of another config: "
+                     f"{', '.join(f'{k}={getattr(model.config, k)!r} here {model_args[k]!r}' for k in differ)}")
+            step, data_pos = ckpt['step'], ckpt['data_pos']
+            print0(f"resuming from {where} at step {step}")
 except (OSError, ValueError, UserError) as e:
     fail(e)
 model.to(device)
-raw_model = model
 optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), eps, device_type, embed_lr_mult)
-if ckpt is not None:
+if resume:
     optimizer.load_state_dict(ckpt['optimizer'])
     if len(ckpt['rng']) == world_size:
         set_rng_state(ckpt['rng'][rank], device)
-    elif master:
-        print(f"warning: checkpoint has RNG states of {len(ckpt['rng'])} ranks, this run has {world_size}: dropout RNG reseeded")
-    ckpt = None  # free memory
-objective = Objective(model, 'pretrain_loss')
+    else:
+        print0(f"warning: checkpoint has RNG states of {len(ckpt['rng'])} ranks, this run has {world_size}: "
+               f"dropout RNG reseeded")
+ckpt = None  # free memory
+objective = Objective(model, 'pretrain_loss')  # the model is what is saved; the objective is what is trained
 if compile:
     objective = torch.compile(objective)
 if ddp:
     objective = DDP(objective, device_ids=[local_rank] if device_type == 'cuda' else None)
-exits = list(raw_model.config.exit_layers)
+exits = list(model.config.exit_layers)
 peak = peak_flops(device, ptdtype if device_type == 'cpu' else torch.bfloat16)
-if master:
-    print(f"model: {raw_model.num_params() / 1e6:.1f}M parameters ({', '.join(f'exit {e}: {raw_model.num_params(e) / 1e6:.1f}M' for e in exits)}); "
-          f"{len(train_data):,} train / {len(val_data):,} val sequences; peak {peak / 1e12 if peak else float('nan'):.2f} TFLOP/s per device")
+print0(f"model: {model.num_params() / 1e6:.1f}M parameters "
+       f"({', '.join(f'exit {e}: {model.num_params(e) / 1e6:.1f}M' for e in exits)}); "
+       f"{len(train_data):,} train / {len(val_data):,} val sequences; "
+       f"peak {peak / 1e12 if peak else float('nan'):.2f} TFLOP/s per device")
+
+
+def named(stats):
+    """(n_exits, len(EXIT_STATS)) tensor -> {exit: {statistic: value}} (the log's per-exit record)."""
+    return {e: dict(zip(EXIT_STATS, s)) for e, s in zip(exits, stats.tolist())}
 
 
 @torch.no_grad()
 def evaluate():
-    """Per-exit MLM loss / accuracy and ICC accuracy on the held-out repositories. Every rank
-    takes a disjoint slice of the same fixed batches; sums are all-reduced."""
+    """Per-exit MLM loss / accuracy and ICC loss / accuracy on the held-out repositories. Every rank
+    takes a disjoint slice of the same fixed batches; the MLM statistics are weighted by masked
+    tokens, the ICC ones by rows, and the sums all-reduced."""
     objective.eval()
-    sums = torch.zeros(len(exits), 6, device=device)  # mlm loss*n, mlm correct, n, icc loss*b, icc correct, b
+    sums = torch.zeros(2, len(exits), len(EXIT_STATS), device=device)  # (weighted sum | weight, n_exits, stats)
     for i in range(eval_batches):
-        inputs, mask, positions, targets, labels = get_batch('val', batch_rows(0, i, eval_batches, world_size, rank, batch_size)[0])
+        inputs, mask, positions, targets, labels, _ = get_batch('val', micro_batch_start(0, i, eval_batches, world_size,
+                                                                                         rank, batch_size))
         with autocast:
-            _, stats = raw_model.pretrain_loss(inputs, mask, positions, targets, labels)
-        n, b = len(targets), len(labels)
-        for j, e in enumerate(exits):
-            l_mlm, l_icc, a_mlm, a_icc = stats[e].float()
-            sums[j] += torch.stack([l_mlm * n, a_mlm * n, torch.tensor(float(n), device=device),
-                                    l_icc * b, a_icc * b, torch.tensor(float(b), device=device)])
+            _, stats = model.pretrain_loss(inputs, mask, positions, targets, labels)
+        w = torch.tensor([len(targets) if k.startswith('mlm') else len(labels) for k in EXIT_STATS],
+                         dtype=torch.float32, device=device)                           # (stats,)
+        sums[0] += torch.stack([stats[e] for e in exits]).float() * w                  # (n_exits, stats)
+        sums[1] += w
     all_reduce_sum(sums)
     objective.train()
-    return {e: {'mlm_loss': (s[0] / s[2]).item(), 'mlm_acc': (s[1] / s[2]).item(),
-                'icc_loss': (s[3] / s[5]).item(), 'icc_acc': (s[4] / s[5]).item()} for e, s in zip(exits, sums)}
-
-
-def log(entry):
-    if master:
-        with open(os.path.join(out_dir, 'log.jsonl'), 'a') as f:
-            f.write(json.dumps(entry) + '\n')
-
-
-def checkpoint():
-    rng = gather_rng_states(device)  # collective: every rank takes part
-    if master:
-        path = save_checkpoint(out_dir, step, {
-            'model': raw_model.state_dict(), 'optimizer': optimizer.state_dict(),
-            'model_config': config_to_dict(raw_model.config), 'config': config, 'step': step,
-            'data_pos': data_pos, 'rng': rng, 'tokenizer': tok.meta()}, keep_last)
-        print(f"saved {path}")
+    return named(sums[0] / sums[1])
 
 
 def report_eval(res):
-    log({'step': step, 'eval': {str(e): r for e, r in res.items()}})
-    if master:
-        print(f"eval step {step}: " + ' | '.join(f"exit {e}: mlm {r['mlm_loss']:.3f} acc {r['mlm_acc']:.3f} icc acc {r['icc_acc']:.3f}"
-                                               for e, r in res.items()))
+    append_log(out_dir, {'step': step, 'eval': {str(e): r for e, r in res.items()}})
+    print0(f"eval step {step}: " + ' | '.join(f"exit {e}: mlm {r['mlm_loss']:.3f} acc {r['mlm_acc']:.3f} "
+                                             f"icc acc {r['icc_acc']:.3f}" for e, r in res.items()))
 
 
 # -----------------------------------------------------------------------------
 # training loop
-if master:
+if MASTER:
     truncate_log(os.path.join(out_dir, 'log.jsonl'), step)
-batch = get_batch('train', data_pos + batch_rows(0, 0, grad_accum, world_size, rank, batch_size)[0])
+batch = get_batch('train', micro_batch_start(data_pos, 0, grad_accum, world_size, rank, batch_size))
 if step == 0 or step >= max_steps:
     report_eval(evaluate())
 t_start = t_log = time.time()
@@ -266,20 +232,19 @@ while step < max_steps:
     for micro in range(grad_accum):
         if ddp:  # gradients are all-reduced only on the last micro-step
             objective.require_backward_grad_sync = micro == grad_accum - 1
-        inputs, mask, positions, targets, labels = batch
+        inputs, mask, positions, targets, labels, n_tokens = batch
         with autocast:
             loss, stats = objective(inputs, mask, positions, targets, labels)
             loss = loss / grad_accum
-        tokens_since += int(mask.sum())
-        flops_since += 3 * raw_model.estimate_flops(inputs.size(1), mlm_tokens=len(targets) / batch_size) * batch_size
+        tokens_since += n_tokens
+        flops_since += 3 * model.estimate_flops(inputs.size(1), mlm_tokens=len(targets) / batch_size) * batch_size
         # prefetch the next micro-batch while the backward runs (asynchronously on GPU)
-        nxt_step, nxt_micro = (step, micro + 1) if micro + 1 < grad_accum else (step + 1, 0)
-        nxt_pos = data_pos + (nxt_step - step) * rows_per_step
-        batch = get_batch('train', nxt_pos + batch_rows(0, nxt_micro, grad_accum, world_size, rank, batch_size)[0])
+        nxt_pos, nxt_micro = (data_pos, micro + 1) if micro + 1 < grad_accum else (data_pos + rows_per_step, 0)
+        batch = get_batch('train', micro_batch_start(nxt_pos, nxt_micro, grad_accum, world_size, rank, batch_size))
         loss.backward()
         loss_sum += loss.detach()
-        stat_sum = stat_sum + torch.stack([stats[e] for e in exits]) / grad_accum   # (n_exits, 4)
-    norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), grad_clip if grad_clip > 0 else float('inf'))
+        stat_sum = stat_sum + torch.stack([stats[e] for e in exits]) / grad_accum   # (n_exits, stats)
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip if grad_clip > 0 else float('inf'))
     if not torch.isfinite(norm):  # the gradient is all-reduced, so every rank takes the same decision
         fail(f"non-finite loss or gradient at step {step} (loss {float(loss_sum):.4g}, grad norm {float(norm):.4g}); "
              f"nothing saved, the newest checkpoint in {out_dir} is intact")
@@ -290,18 +255,16 @@ while step < max_steps:
 
     if step % log_interval == 0 or step == max_steps:
         loss_val = all_reduce_sum(loss_sum.clone()).item() / world_size
-        st = all_reduce_sum(stat_sum.clone()).cpu() / world_size
+        st = named(all_reduce_sum(stat_sum.clone()) / world_size)
         dt = time.time() - t_log
         tok_s = tokens_since * world_size / dt
         mfu = flops_since / dt / peak if peak else float('nan')
         eta = (max_steps - step) * dt / (step - step_logged)
-        log({'step': step, 'loss': loss_val, 'lr': lr, 'tok_s': tok_s, 'mfu': mfu, 'grad_norm': float(norm),
-             'exits': {str(e): {'mlm_loss': s[0].item(), 'mlm_acc': s[2].item(), 'icc_loss': s[1].item(),
-                                'icc_acc': s[3].item()} for e, s in zip(exits, st)}})
-        if master:
-            per_exit = ' '.join(f"{e}:{s[0]:.2f}/{s[2]:.2f}/{s[3]:.2f}" for e, s in zip(exits, st.tolist()))
-            print(f"step {step}/{max_steps} | loss {loss_val:.4f} | exit:mlm/acc/icc_acc {per_exit} | lr {lr:.2e} | "
-                  f"{tok_s:,.0f} tok/s | mfu {100 * mfu:.1f}% | eta {eta / 3600:.1f}h", flush=True)
+        append_log(out_dir, {'step': step, 'loss': loss_val, 'lr': lr, 'tok_s': tok_s, 'mfu': mfu, 'grad_norm': float(norm),
+             'exits': {str(e): s for e, s in st.items()}})
+        per_exit = ' '.join(f"{e}:{s['mlm_loss']:.2f}/{s['mlm_acc']:.2f}/{s['icc_acc']:.2f}" for e, s in st.items())
+        print0(f"step {step}/{max_steps} | loss {loss_val:.4f} | exit:mlm/acc/icc_acc {per_exit} | lr {lr:.2e} | "
+               f"{tok_s:,.0f} tok/s | mfu {100 * mfu:.1f}% | eta {eta / 3600:.1f}h")
         t_log, tokens_since, flops_since, step_logged = time.time(), 0, 0.0, step
 
     out_of_time = False
@@ -312,11 +275,10 @@ while step < max_steps:
     if step % eval_interval == 0 or step == max_steps or out_of_time:
         report_eval(evaluate())
     if step % ckpt_interval == 0 or step == max_steps or out_of_time:
-        checkpoint()
+        save_run(out_dir, step, model, optimizer, config, data_pos, tok, keep_last, device)
     if out_of_time:
-        if master:
-            print(f"time limit reached at step {step}: {time.time() - t_start:.0f}s wall, "
-                  f"{time.process_time() - cpu_start:.0f}s CPU")
+        print0(f"time limit reached at step {step}: {time.time() - t_start:.0f}s wall, "
+               f"{time.process_time() - cpu_start:.0f}s CPU")
         break
 
 if ddp:  # leave together: rank 0 may still be writing the last checkpoint

@@ -1,7 +1,8 @@
 """
-What pretrain.py and finetune.py share: distributed setup, the sample order, left-padded
-batches, MLM masking, the learning-rate schedule, peak FLOPs for MFU, and step-numbered
-atomic checkpoints that hold everything needed for an exact resume.
+What pretrain.py and finetune.py share: distributed setup, the autocast policy, the sample order,
+left-padded batches, MLM masking, the learning-rate schedule, peak FLOPs for MFU, step-numbered
+atomic checkpoints that hold everything needed for an exact resume, and the one checkpoint ->
+model loader of the three stages (evaluate.py too).
 """
 import contextlib
 import functools
@@ -9,15 +10,16 @@ import glob
 import json
 import os
 import re
-import tempfile
 import time
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-from data import make_dirs, remove_empty_dirs
-from model import check_token_ids
+from data import atomic_open
+from model import MoSE, check_token_ids, config_to_dict, load_checkpoint
+from stage import MASTER
+from tokenizer import check_tokenizer
 
 
 class UserError(Exception):
@@ -60,8 +62,8 @@ class Objective(torch.nn.Module):
 
 def auto_dtype(device_type):
     """'bfloat16' autocast where the hardware runs bf16 matmuls natively (CUDA GPUs that support it,
-    CPUs with AVX512-BF16 or AMX: ~4x the fp32 matmul rate on this project's 2-core test machine),
-    else 'float32'. Parameters and optimiser state stay float32 either way."""
+    CPUs with AVX512-BF16 or AMX, whose bf16 matmuls outrun fp32 ones several times), else
+    'float32'. Parameters and optimiser state stay float32 either way."""
     if device_type == 'cuda':
         return 'bfloat16' if torch.cuda.is_bf16_supported() else 'float32'
     try:
@@ -86,16 +88,10 @@ def autocast_context(device_type, dtype):
 # -----------------------------------------------------------------------------
 # sample order and batches
 
-def sample_index(g, n, seed):
-    """The g-th sample of an endless stream over n items: epoch g // n visits all items once, in a
-    permutation that is a pure function of (seed, epoch). Sampling without replacement per epoch,
-    and resumable from a position alone."""
-    epoch, i = divmod(g, n)
-    return int(np.random.default_rng([seed, epoch]).permutation(n)[i])
-
-
 class EpochSampler:
-    """sample_index for consecutive positions without recomputing the permutation each time."""
+    """sampler(g): the g-th sample of an endless stream over n items. Epoch g // n visits all items
+    once, in a permutation that is a pure function of (seed, epoch): sampling without replacement
+    per epoch, resumable from a position alone. The permutation is computed once per epoch."""
 
     def __init__(self, n, seed):
         if n == 0:
@@ -115,6 +111,11 @@ def batch_rows(step, micro, accum, world, rank, batch_size):
     process with accumulation k sees exactly the rows that k processes see."""
     start = ((step * accum + micro) * world + rank) * batch_size
     return range(start, start + batch_size)
+
+
+def micro_batch_start(data_pos, micro, accum, world, rank, batch_size):
+    """The first stream position of this rank's micro-batch `micro` of the step that starts at data_pos."""
+    return data_pos + batch_rows(0, micro, accum, world, rank, batch_size).start
 
 
 def left_pad(seqs, pad_id, multiple=8, max_len=None, vocab_size=None):
@@ -224,9 +225,8 @@ def peak_flops(device, dtype=torch.float32, cache_dir=os.path.expanduser('~/.cac
         cache[key] = 2 * 2048 ** 3 * n / (time.perf_counter() - t0)
         try:
             os.makedirs(cache_dir, exist_ok=True)
-            with open(path + '.tmp', 'w') as f:
+            with atomic_open(path, 'w') as f:
                 json.dump(cache, f)
-            os.replace(path + '.tmp', path)
         except OSError:
             pass  # an unwritable home only costs a re-measure next time
     return cache[key]
@@ -236,19 +236,6 @@ def peak_flops(device, dtype=torch.float32, cache_dir=os.path.expanduser('~/.cac
 # checkpoints
 
 CKPT_RE = re.compile(r'ckpt_(\d{7})\.pt$')
-
-
-def ensure_writable(out_dir):
-    """Create out_dir and prove it takes files, before any work is done (raises OSError). Returns
-    the directories it created (see make_dirs)."""
-    created = make_dirs(out_dir)
-    try:
-        with tempfile.NamedTemporaryFile(dir=out_dir):
-            pass
-    except OSError:
-        remove_empty_dirs(created)
-        raise
-    return created
 
 
 def checkpoint_path(out_dir, step):
@@ -267,23 +254,40 @@ def save_checkpoint(out_dir, step, state, keep_last):
     the newest keep_last. A kill at any point leaves every listed checkpoint complete."""
     os.makedirs(out_dir, exist_ok=True)
     path = checkpoint_path(out_dir, step)
-    tmp = f"{path}.tmp"
-    with open(tmp, 'wb') as f:
+    with atomic_open(path, 'wb', fsync=True) as f:
         torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
     for old in list_checkpoints(out_dir)[:-keep_last] if keep_last > 0 else []:
         os.remove(old)
     return path
 
 
-def load_checkpoint(path):
-    """Read a checkpoint; never executes code from it (weights_only=True)."""
-    try:
-        return torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as e:
-        raise UserError(f"{path}: not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+def load_model(path, command):
+    """checkpoint -> model, the one loader of pretrain, finetune and evaluate. `path`: a checkpoint
+    file, a training out_dir (its newest checkpoint) or a released directory (config.json +
+    model.safetensors). Returns (model, ckpt, where): the checkpoint dict ({} for a released
+    directory) and what was read. Nothing there is a UserError that says to run `command`."""
+    if os.path.isfile(os.path.join(path, 'config.json')):
+        return MoSE.from_pretrained(path, verbose=MASTER), {}, path
+    where = path
+    if os.path.isdir(path):
+        found = list_checkpoints(path)
+        if not found:
+            raise UserError(f"no checkpoint in {path}: run `{command}` first (or pass --init_from=...)")
+        where = found[-1]
+    elif not os.path.isfile(path):
+        raise UserError(f"no checkpoint {'at' if path.endswith('.pt') else 'in'} {path}: run `{command}` first "
+                        f"(or pass --init_from=...)")
+    ckpt = load_checkpoint(where)
+    return MoSE.from_checkpoint(ckpt, where), ckpt, where
+
+
+def check_model_tokenizer(model, ckpt, tok, where):
+    """`tok` is the tokenizer the checkpoint records (if it records one) and has the model's vocabulary."""
+    if isinstance(ckpt.get('tokenizer'), dict):
+        check_tokenizer(ckpt['tokenizer'], tok, where)
+    if model.config.vocab_size != tok.n_vocab:
+        raise UserError(f"{where}: the model's vocab_size {model.config.vocab_size} does not match tokenizer "
+                        f"{tok.name!r} (n_vocab {tok.n_vocab}); pass --tokenizer=<the model's tokenizer>")
 
 
 def rng_state(device):
@@ -310,6 +314,25 @@ def gather_rng_states(device):
     return states
 
 
+def append_log(out_dir, entry):
+    """One json line of out_dir/log.jsonl, written by rank 0."""
+    if MASTER:
+        with open(os.path.join(out_dir, 'log.jsonl'), 'a') as f:
+            f.write(json.dumps(entry) + '\n')
+
+
+def save_run(out_dir, step, model, optimizer, config, data_pos, tok, keep_last, device):
+    """A training run's checkpoint: all that an exact resume needs (model, optimiser, every rank's
+    RNG, data position, settings). Collective: every rank gives its RNG state; rank 0 writes."""
+    rng = gather_rng_states(device)
+    if MASTER:
+        path = save_checkpoint(out_dir, step, {
+            'model': model.state_dict(), 'optimizer': optimizer.state_dict(),
+            'model_config': config_to_dict(model.config), 'config': config, 'step': step,
+            'data_pos': data_pos, 'rng': rng, 'tokenizer': tok.meta()}, keep_last)
+        print(f"saved {path}", flush=True)
+
+
 def truncate_log(path, step):
     """Drop log lines of steps after `step` (written by a run that was killed after its last
     checkpoint), so that a resumed run's log reads as one uninterrupted run."""
@@ -317,6 +340,5 @@ def truncate_log(path, step):
         return
     with open(path) as f:
         keep = [l for l in f if l.strip() and json.loads(l).get('step', 0) <= step]
-    with open(path + '.tmp', 'w') as f:
+    with atomic_open(path, 'w') as f:
         f.writelines(keep)
-    os.replace(path + '.tmp', path)

@@ -26,7 +26,7 @@ def test_shard_roundtrip(tmp_path, seqs, labels):
     p = str(tmp_path / 'train_0000.bin')
     data.write_shard(p, seqs, labels)
     assert not os.path.exists(p + '.tmp')
-    s = data.read_shard(p)
+    s = data.Shard(p)
     assert len(s) == len(seqs) and s.n_tokens == sum(map(len, seqs))
     assert os.path.getsize(p) == 64 + 4 * s.n_tokens + 8 * (len(seqs) + 1) + len(seqs)
     assert list(s.lengths) == [len(x) for x in seqs]
@@ -43,22 +43,22 @@ def test_shard_errors(tmp_path):
     raw = open(p, 'rb').read()
     open(p, 'wb').write(raw[:-500])
     with pytest.raises(ValueError, match=r"train_0003.bin: truncated: header says 1234 tokens .* file holds"):
-        data.read_shard(p)
+        data.Shard(p)
     open(p, 'wb').write(b'GPT2' + raw[4:])
     with pytest.raises(ValueError, match=r"train_0003.bin: not an ICC shard \(magic"):
-        data.read_shard(p)
+        data.Shard(p)
     bad = np.frombuffer(raw[:64], dtype='<i8').copy()
     bad[1] = 2
     open(p, 'wb').write(bad.tobytes() + raw[64:])
     with pytest.raises(ValueError, match="shard version 2"):
-        data.read_shard(p)
+        data.Shard(p)
     open(p, 'wb').write(raw[:10])
     with pytest.raises(ValueError, match="shorter than the 64-byte header"):
-        data.read_shard(p)
+        data.Shard(p)
     with pytest.raises(ValueError, match="labels"):
         data.write_shard(p, [[1]], [2])
     with pytest.raises(FileNotFoundError):
-        data.read_shard(str(tmp_path / 'nope.bin'))
+        data.Shard(str(tmp_path / 'nope.bin'))
 
 
 def make_icc_dir(d, tok, shards):

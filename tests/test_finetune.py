@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from finetune import augment_code, augment_rng, clip_loss, mrr, retrieval_texts
+from finetune import augment_code, augment_rng, clip_loss, retrieval_texts
 from helpers import stdlib_sources
+from metrics import mrr, target_ranks
 from model import MoSE, MoSEConfig, config_to_dict
 from tokenizer import CODE_INSTRUCTION, QUERY_INSTRUCTION, get_tokenizer
 from training import list_checkpoints, load_checkpoint, save_checkpoint
@@ -109,7 +110,7 @@ def test_clip_loss_equals_direct_computation():
 
 def test_mrr_ties_count_against_the_model():
     scores = torch.tensor([[1.0, 1.0, 0.0], [0.0, 2.0, 3.0], [0.5, 0.1, 0.9]])
-    assert mrr(scores) == pytest.approx((1 / 2 + 1 / 2 + 1 / 1) / 3)
+    assert mrr(target_ranks(scores.numpy())) == pytest.approx((1 / 2 + 1 / 2 + 1 / 1) / 3)
 
 
 def test_gathered_ddp_equals_one_process_with_the_whole_batch(pretrained, data, tmp_path):

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from helpers import losses, make_icc_dataset
-from training import (batch_rows, left_pad, list_checkpoints, load_checkpoint, lr_at, mask_tokens,
-                      sample_index, save_checkpoint)
+from training import (EpochSampler, batch_rows, left_pad, list_checkpoints, load_checkpoint, lr_at, mask_tokens,
+                      save_checkpoint)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(n_layer=4, n_embd=32, n_head=4, n_kv_head=1, intermediate_size=96, exit_layers=[2, 4],
@@ -195,6 +195,7 @@ def test_masking_statistics():
 
 def test_sampling_is_without_replacement_and_reproducible():
     n = 37
+    sample_index = lambda g, n, seed: EpochSampler(n, seed)(g)  # a fresh sampler: a pure function of (g, n, seed)
     epoch0 = [sample_index(g, n, 5) for g in range(n)]
     epoch1 = [sample_index(g, n, 5) for g in range(n, 2 * n)]
     assert sorted(epoch0) == list(range(n)) and sorted(epoch1) == list(range(n)) and epoch0 != epoch1
