@@ -2,6 +2,7 @@
 Prepare the data of every stage: ICC pre-training shards, fine-tuning pairs, clone-detection pairs.
 
     python prepare.py                                   # everything, from the local Python sources
+    python prepare.py --max_len=256 --bpe_vocab=8192    # the same with an 8k code BPE trained on them
     python prepare.py --task=icc --max_len=512          # ICC shards only (data/icc/)
     python prepare.py --task=icc --input=stack.jsonl    # a Stack-v2 style dump: {repo_name, content} a line
     python prepare.py --task=icc --input=repos/         # a directory whose subdirectories are repositories
@@ -9,46 +10,9 @@ Prepare the data of every stage: ICC pre-training shards, fine-tuning pairs, clo
     python prepare.py --task=synthconl --input=SynthCoNL/data           # SynthCoNL parquet/jsonl -> pairs
     python prepare.py --task=dedup-bench                # near-dedup speed on 100k SynthCoNL-format rows
 
-Outputs under out_dir (formats in data.py):
-    icc/{train,val}_NNNN.bin + icc/manifest.json        pre-training (paper 2.1, Fig. 2)
-    retrieval/{train,valid,test}.jsonl                  fine-tuning pairs: text-code and code-code
-    codesearchnet/python/final/jsonl/{split}/python_{split}_0.jsonl.gz   the same functions, CSN layout
-    bigclonebench/data.jsonl + {train,valid,test}.txt   clone detection, BigCloneBench layout
-    synthconl/train.jsonl                               SynthCoNL after near-dedup, as pairs
-
-The default corpus (input='') is the source code of the running Python installation: the
-standard library and site-packages. A repository is a distribution of site-packages (found with
-importlib.metadata, so _pytest/, pytest/ and py.py are one repository), or a top-level package of
-the standard library; the standard library's single-file modules together are one repository
-("stdlib", CPython's Lib/ directory). Binary, undecodable, generated and minified files and files
-over 1 MB are skipped and counted.
-
-Fine-tuning data from a corpus (paper 4.1 uses SynthCoNL, which is not shipped; this builds the
-same kinds of pairs from real local code, CodeSearchNet's way):
-- text-code: Python functions with a docstring; query = first paragraph of the docstring, code =
-  the function without it. CodeSearchNet's filters: >= 3 lines of code, >= 3 words of query, no
-  "test" in the name, no dunder methods, exact and near duplicates removed.
-- code-code: pairs of real functions that are near-duplicates of each other (MinHash, Jaccard of
-  character 5-grams >= 0.7) but not identical text once docstrings are removed: vendored copies in
-  other versions (pip/_vendor vs the standalone package), "Copied from" model code in transformers,
-  ports between packages, overrides of one method in sibling classes. Both functions must have the
-  same name, so that a pair is one function in two places rather than look-alike siblings
-  (pad_start / pad_end). Both sides are real code, like SynthCoNL's "same task, different code"
-  pairs (there across languages, here Python-Python). Each function is
-  in at most one pair (a greedy matching, most similar first), so a cluster of look-alike
-  functions does not fill a batch with false negatives.
-- clone detection: positives are near-duplicate function pairs (each function in at most 3) plus
-  identical copies in different files (at most 3 pairs per group of identical functions);
-  negatives an equal number of random function pairs of the same split whose estimated Jaccard is
-  below 0.3. Balanced 1:1.
-Splits are by repository everywhere: no repository on two sides; a pair across two splits is dropped.
-
-Near-deduplication (paper 5): MinHash LSH (datasketch), Jaccard threshold 0.7, 256 permutations,
-character 5-grams, over both code columns of SynthCoNL: rows are visited in order and a row is
-dropped when its func1_CSN is a near-duplicate of the func1_CSN of a row already kept, or its func2
-of a kept row's func2 (the paper dedups "using both" columns; a match across columns, e.g. a
-translation back into the other column's language, is not counted). Signatures are computed in numpy with datasketch's own "affine32" permutations
-(equal to datasketch's MinHash.update_batch), in worker processes; LSH insert/query on the main one.
+Writes under out_dir (formats in data.py): icc/ (shards + manifest.json, paper 2.1), retrieval/
+{train,valid,test}.jsonl, the same functions as codesearchnet/ and bigclonebench/ in those
+benchmarks' layouts, and synthconl/train.jsonl. Splits are by repository everywhere (splits.json).
 """
 import hashlib
 import importlib.metadata
@@ -56,40 +20,13 @@ import json
 import multiprocessing as mp
 import os
 import re
-import sys
 import sysconfig
 import time
 
 import numpy as np
+from tqdm import tqdm
 
 from stage import fail, make_dir, print0
-
-# -----------------------------------------------------------------------------
-# what to build
-task = 'all'  # 'all' (icc + retrieval + clone) | 'icc' | 'retrieval' | 'clone' | 'synthconl' | 'dedup-bench'
-input = ''  # '' = local Python sources; a dir of repositories; a jsonl(.gz) of files; CSN / SynthCoNL files
-out_dir = 'data'
-# tokenisation and ICC sequences (paper 2.1)
-tokenizer = 'cl100k_base'  # or a directory with StarCoder-2's vocab.json + merges.txt
-bpe_vocab = 0  # > 0: train a byte-level BPE of this many entries on the training repositories (out_dir/tokenizer/)
-# and build everything with it instead of `tokenizer`
-bpe_bytes = 64_000_000  # cap on the source bytes the BPE is trained on (files in seeded order)
-max_len = 2048  # tokens per sequence, <sep> and <cls> included
-snippet_len = 0  # longest snippet in tokens; longer files are split at line boundaries. 0 = (max_len - 3) // 2,
-# so that a second snippet always fits: with whole-sequence snippets (max_len - 2) the long files of
-# the default corpus fill a sequence alone and only ~4% of sequences mix two repositories (paper: 50%)
-val_fraction = 0.05  # ICC validation share (of bytes), split by repository
-shard_tokens = 64 * 2 ** 20  # tokens per shard file
-max_bytes = 0  # cap on the corpus bytes read (0 = all); repositories are dropped whole, in seeded order
-# fine-tuning and clone data
-heldout_fraction = 0.1  # share of functions (by repository) for valid, and again for test
-dedup_threshold = 0.7  # Jaccard threshold of near-duplicates (paper 5)
-bench_rows = 100_000  # rows of the dedup benchmark
-# system
-seed = 1337
-num_proc = os.cpu_count() or 1
-skip_bad_lines = False  # malformed jsonl lines: False = stop with file:line, True = skip and count
-# -----------------------------------------------------------------------------
 
 SOURCE_EXTS = {'.py', '.pyi', '.pyx', '.pxd', '.pxi', '.c', '.h', '.cc', '.cpp', '.cxx', '.hpp', '.hh', '.cu',
                '.cuh', '.js', '.mjs', '.ts', '.java', '.go', '.rs', '.rb', '.php', '.sh', '.pl', '.lua', '.r',
@@ -140,7 +77,10 @@ def check_source(raw, path=''):
 
 
 def default_corpus():
-    """{repository: [file paths]} for the running interpreter's stdlib and site-packages."""
+    """{repository: [file paths]}: the source code of the running Python installation. A repository
+    is a distribution of site-packages (found with importlib.metadata, so _pytest/, pytest/ and
+    py.py are one repository), or a top-level package of the standard library; the standard
+    library's single-file modules together are one repository ("stdlib", CPython's Lib/)."""
     paths = sysconfig.get_paths()
     stdlib = os.path.realpath(paths['stdlib'])
     sites = sorted({os.path.realpath(paths[k]) for k in ('purelib', 'platlib')})
@@ -211,7 +151,9 @@ def jsonl_corpus(path, skip_bad=False):
     return repos
 
 
-def load_corpus(inp):
+def load_corpus(inp, skip_bad_lines=False):
+    """({repository: files}, a description of the source): the local Python sources (inp=''), a
+    directory of repositories or a jsonl(.gz) dump of files."""
     if not inp:
         return default_corpus(), 'local python sources'
     if os.path.isdir(inp):
@@ -234,12 +176,12 @@ def corpus_fingerprint(repos):
     return h.hexdigest()
 
 
-def cap_corpus(repos, limit, seed_):
+def cap_corpus(repos, limit, seed):
     """Keep whole repositories, in a seeded order, until `limit` bytes."""
     if not limit:
         return repos
     order = sorted(repos)
-    np.random.default_rng(seed_).shuffle(order)
+    np.random.default_rng(seed).shuffle(order)
     kept, total = {}, 0
     for r in order:
         size = sum(len(f[1].encode()) if isinstance(f, tuple) else os.path.getsize(f) for f in repos[r])
@@ -281,12 +223,12 @@ def split_snippets(text, tok, budget):
     return [s for c in chunks for s in split_snippets(c, tok, budget)]  # re-encode; recurse if still long
 
 
-def assign_splits(sizes, fractions, seed_):
+def assign_splits(sizes, fractions, seed):
     """{repository: split}: repositories in seeded order, each to the split most behind its target
     share of `sizes` (so a huge repository lands in the largest split). Every split with a non-zero
     fraction gets at least one repository when there are enough."""
     names = sorted(sizes)
-    np.random.default_rng(seed_).shuffle(names)
+    np.random.default_rng(seed).shuffle(names)
     splits = [s for s in fractions if fractions[s] > 0]
     got = {s: 0 for s in splits}
     out, total = {}, 0
@@ -304,7 +246,7 @@ def assign_splits(sizes, fractions, seed_):
     return out
 
 
-def icc_plan(lengths, max_len, seed_):
+def icc_plan(lengths, max_len, seed):
     """Figure 2's build_concatenation over all repositories, on snippet lengths only.
 
     lengths: per repository, the token counts of its snippets (each <= max_len - 2).
@@ -317,7 +259,7 @@ def icc_plan(lengths, max_len, seed_):
     - no dangling <sep> before <cls> when the loop breaks;
     - label 0 only if a snippet of b actually made it in. The pseudocode can break before adding
       one (a's first snippet leaves no room); such a sequence holds one repository: label 1."""
-    rng = np.random.default_rng(seed_)
+    rng = np.random.default_rng(seed)
     for r, ls in enumerate(lengths):
         for i, n in enumerate(ls):
             if n + 2 > max_len:
@@ -421,9 +363,12 @@ def _signatures_columns(cols):
 
 
 def minhash_dedup(columns, threshold=0.7, procs=1, chunk=500):
-    """Near-deduplicate rows on several text columns (paper 5). A row is dropped when, in any
-    column, it is a near-duplicate of the same column of a row kept before it (an LSH candidate
-    whose estimated Jaccard >= threshold). columns: list of lists of texts, all of one length.
+    """Near-deduplicate rows on several text columns (paper 5: MinHash LSH, Jaccard threshold 0.7,
+    256 permutations, character 5-grams, "using both" code columns of SynthCoNL). A row is dropped
+    when, in any column, it is a near-duplicate of the same column of a row kept before it (an LSH
+    candidate whose estimated Jaccard >= threshold); a match across columns does not count.
+    columns: list of lists of texts, all of one length. Signatures are datasketch's "affine32"
+    permutations computed in numpy (equal to MinHash.update_batch).
     Worker processes hash chunks of rows while this process runs the LSH on the chunks already done.
     Returns (kept row indices, {'removed', 'rows_per_s', 'seconds'})."""
     from datasketch import MinHashLSH
@@ -534,7 +479,7 @@ def _functions_of_file(task):
     return out
 
 
-def collect_functions(repos):
+def collect_functions(repos, num_proc=1):
     """All functions of the corpus's .py files, extracted in num_proc processes."""
     tasks = []
     for repo in sorted(repos):
@@ -565,7 +510,7 @@ def _complete(d, settings):
         return False
 
 
-def repository_splits(repos, fingerprint):
+def repository_splits(repos, fingerprint, out_dir, seed, heldout_fraction, num_proc=1):
     """The one split of the corpus, by repository: {repository: 'train' | 'valid' | 'test'} by number
     of Python functions (heldout_fraction each for valid and test). Every stage keeps to it: a test
     repository is never pre-trained on (it is an ICC validation one) and the tokenizer is trained
@@ -580,7 +525,7 @@ def repository_splits(repos, fingerprint):
             return saved['splits'], None, None
     except (OSError, ValueError):
         pass
-    funcs = collect_functions(repos)
+    funcs = collect_functions(repos, num_proc)
     sizes = {}
     for f in funcs:
         sizes[f['repo']] = sizes.get(f['repo'], 0) + 1
@@ -589,30 +534,17 @@ def repository_splits(repos, fingerprint):
     return split_of, funcs, {'settings': settings, 'splits': split_of}
 
 
-def build_finetune(repos, which, source, fingerprint, split_of, funcs=None):
-    """Retrieval pairs (+ CodeSearchNet-format copy) and BigCloneBench-format clone pairs from the
-    Python functions of a corpus (`funcs`, collected here when None); `which` is a subset of
-    {'retrieval', 'clone'}; `split_of` the repository split. Each output directory gets a
-    manifest.json, written last; a rerun with the same settings reuses it."""
-    from data import atomic_open, pair_row, simple_tokens, strip_docstring, write_json, write_pairs
-    settings = {'source': source, 'corpus_sha256': fingerprint, 'seed': seed, 'heldout_fraction': heldout_fraction,
-                'dedup_threshold': dedup_threshold}
-    dirs = {'retrieval': os.path.join(out_dir, 'retrieval'), 'clone': os.path.join(out_dir, 'bigclonebench')}
-    for w in list(which):
-        if _complete(dirs[w], settings):
-            print0(f"{w}: {dirs[w]} is complete and was built with these settings: reusing it")
-            which = [x for x in which if x != w]
-        elif os.path.exists(os.path.join(dirs[w], 'manifest.json')):
-            os.remove(os.path.join(dirs[w], 'manifest.json'))  # being rebuilt: not complete until the end
-    if not which:
-        return {}
-    rng = np.random.default_rng(seed)
-    funcs = collect_functions(repos) if funcs is None else funcs
-    if not funcs:
-        raise ValueError("no Python functions found in the corpus: nothing to build fine-tuning pairs from")
-    # exact duplicates (whitespace-normalised) form groups; MinHash on one member of each group
-    group_of, reps = {}, []
-    gid = []
+# ----------------------------------------------------------------------------- fine-tuning and clone pairs
+
+SPLITS = ('train', 'valid', 'test')
+
+
+def function_groups(funcs, dedup_threshold, num_proc):
+    """Exact duplicates (whitespace-normalised) form groups; MinHash runs on one member of each
+    group of >= 3 lines and 100-20,000 characters. Returns {'reps': members of each group,
+    'gid': group of each function, 'ok': the groups hashed, 'sig': their signatures, 'near':
+    (group, group, Jaccard) near-duplicate pairs, 'comp': the near-duplicate component of each group}."""
+    group_of, reps, gid = {}, [], []
     for k, f in enumerate(funcs):
         key = hashlib.sha1(normalized(f['original_string']).encode()).digest()
         if key not in group_of:
@@ -626,11 +558,8 @@ def build_finetune(repos, which, source, fingerprint, split_of, funcs=None):
     sigs = minhash_signatures([funcs[reps[g][0]]['original_string'] for g in ok], num_proc)
     near = [(ok[i], ok[j], jac) for i, j, jac in near_duplicate_groups(sigs, dedup_threshold)]
     print0(f"minhash: {len(ok):,} distinct functions, {len(near):,} near-duplicate pairs (Jaccard >= {dedup_threshold}) "
-        f"in {time.time() - t0:.1f}s ({len(ok) / max(time.time() - t0, 1e-9):,.0f} functions/s)")
-    sig_of = {g: sigs[i] for i, g in enumerate(ok)}
-    splits = ('train', 'valid', 'test')
-    # union-find over near-duplicate groups: text-code keeps one function per component
-    parent = list(range(len(reps)))
+           f"in {time.time() - t0:.1f}s ({len(ok) / max(time.time() - t0, 1e-9):,.0f} functions/s)")
+    parent = list(range(len(reps)))  # union-find over near-duplicate groups
 
     def find(x):
         while parent[x] != x:
@@ -639,110 +568,183 @@ def build_finetune(repos, which, source, fingerprint, split_of, funcs=None):
         return x
     for a, b, _ in near:
         parent[find(a)] = find(b)
+    return {'reps': reps, 'gid': gid, 'ok': ok, 'sig': {g: sigs[i] for i, g in enumerate(ok)}, 'near': near,
+            'comp': [find(g) for g in range(len(reps))]}
 
-    def url(f):
-        return f"local://{f['repo']}/{f['path']}#L{f['lineno']}-L{f['end_lineno']}"
 
+def local_url(f):
+    return f"local://{f['repo']}/{f['path']}#L{f['lineno']}-L{f['end_lineno']}"
+
+
+def text_code_pairs(funcs, groups, split_of):
+    """CodeSearchNet's way: per split, (text-code pairs, the same functions as CodeSearchNet rows).
+    Functions with a docstring; query = its first paragraph, code = the function without it; >= 3
+    lines of code, >= 3 words of query, no "test" in the name, no dunder methods; one function per
+    near-duplicate component."""
+    from data import pair_row, simple_tokens, strip_docstring
+    pairs, csn, seen = {s: [] for s in SPLITS}, {s: [] for s in SPLITS}, set()
+    for k, f in enumerate(funcs):
+        if not f['docstring']:
+            continue
+        code = strip_docstring(f['original_string'])
+        comp = groups['comp'][groups['gid'][k]]
+        if not csn_keep(f, code) or comp in seen:
+            continue
+        seen.add(comp)
+        s, query = split_of[f['repo']], first_paragraph(f['docstring'])
+        pairs[s].append(pair_row('text-code', query, None, code, 'python', f['repo'], local_url(f)))
+        csn[s].append({'repo': f['repo'], 'path': f['path'], 'func_name': f['qualname'],
+                       'original_string': f['original_string'], 'language': 'python',
+                       'code': f['original_string'], 'code_tokens': simple_tokens(code),
+                       'docstring': f['docstring'], 'docstring_tokens': simple_tokens(query),
+                       'sha': f['sha'], 'url': local_url(f), 'partition': s})
+    return pairs, csn
+
+
+def code_code_pairs(funcs, groups, split_of, rng):
+    """Per split, pairs of real functions that are near-duplicates of each other but not the same
+    text once docstrings are removed (vendored copies in other versions, "Copied from" code, ports,
+    overrides in sibling classes), like SynthCoNL's "same task, different code" pairs. Both have the
+    same name, so that a pair is one function in two places rather than look-alike siblings
+    (pad_start / pad_end); each function is in at most one pair (a greedy matching, most similar
+    first), so a cluster of look-alikes does not fill a batch with false negatives. Returns
+    (pairs, the number dropped because their functions lie in two splits)."""
+    from data import pair_row, strip_docstring
+    reps, pairs, dropped, used = groups['reps'], {s: [] for s in SPLITS}, 0, set()
+    for a, b, jac in sorted(groups['near'], key=lambda x: -x[2]):
+        fa, fb = funcs[reps[a][0]], funcs[reps[b][0]]
+        if split_of[fa['repo']] != split_of[fb['repo']]:
+            dropped += 1
+            continue
+        if a in used or b in used or fa['name'] != fb['name']:
+            continue
+        ca, cb = strip_docstring(fa['original_string']), strip_docstring(fb['original_string'])
+        if normalized(ca) == normalized(cb) or code_lines(ca) < 3 or code_lines(cb) < 3:
+            continue
+        if rng.random() < 0.5:
+            fa, fb, ca, cb = fb, fa, cb, ca
+        used.update((a, b))
+        pairs[split_of[fa['repo']]].append(pair_row('code-code', ca, 'python', cb, 'python', fa['repo'],
+                                                    f"{local_url(fa)}|{local_url(fb)}"))
+    return pairs, dropped
+
+
+def write_retrieval(out_dir, text_code, code_code, csn, split_of, settings):
+    """retrieval/{split}.jsonl and the CodeSearchNet layout, then retrieval/manifest.json (last)."""
+    from data import atomic_open, write_json, write_pairs
+    rdir, counts = os.path.join(out_dir, 'retrieval'), {}
+    make_dir(rdir)
+    for s in SPLITS:
+        write_pairs(os.path.join(rdir, f'{s}.jsonl'), text_code[s] + code_code[s])
+        cdir = os.path.join(out_dir, 'codesearchnet', 'python', 'final', 'jsonl', s)
+        make_dir(cdir)
+        with atomic_open(os.path.join(cdir, f'python_{s}_0.jsonl.gz'), 'wt', encoding='utf-8') as fh:
+            for r in csn[s]:
+                fh.write(json.dumps(r, ensure_ascii=False) + '\n')
+        counts[s] = {'text-code': len(text_code[s]), 'code-code': len(code_code[s])}
+        print0(f"retrieval {s}: {len(text_code[s]):,} text-code + {len(code_code[s]):,} code-code pairs, "
+               f"{sum(1 for r in split_of.values() if r == s)} repositories")
+    write_json(os.path.join(rdir, 'manifest.json'), {'format': 'mose-pairs', 'settings': settings, 'counts': counts})
+    return counts
+
+
+def clone_pairs(funcs, groups, split_of, rng):
+    """Per split, BigCloneBench-style (function, function, label) rows, balanced 1:1: positives are
+    near-duplicate pairs (each function in at most 3) plus identical copies in different files (at
+    most 3 pairs per group); negatives random pairs of the same split whose estimated Jaccard is
+    below 0.3, from two near-duplicate components."""
+    reps, ok, sig, comp = groups['reps'], groups['ok'], groups['sig'], groups['comp']
+    split = lambda k: split_of[funcs[k]['repo']]
+    pos, n_pos = {s: [] for s in SPLITS}, {}
+    for a, b, jac in sorted(groups['near'], key=lambda x: -x[2]):
+        fa, fb = reps[a][0], reps[b][0]
+        if split(fa) == split(fb) and n_pos.get(a, 0) < 3 and n_pos.get(b, 0) < 3:
+            pos[split(fa)].append((fa, fb))
+            n_pos[a], n_pos[b] = n_pos.get(a, 0) + 1, n_pos.get(b, 0) + 1
+    for g in ok:  # identical copies in two files (type-1 clones)
+        m = reps[g]
+        copies = [(x, y) for x, y in zip(m, m[1:]) if (funcs[x]['repo'], funcs[x]['path']) !=
+                  (funcs[y]['repo'], funcs[y]['path']) and split(x) == split(y)]
+        for x, y in copies[:3]:
+            pos[split(x)].append((x, y))
+    rows = {}
+    for s in SPLITS:
+        pool, negs, tries = [g for g in ok if split(reps[g][0]) == s], set(), 0
+        while len(negs) < len(pos[s]) and len(pool) > 1 and tries < 20 * len(pos[s]) + 100:
+            tries += 1
+            a, b = (int(x) for x in rng.choice(len(pool), 2, replace=False))
+            ga, gb = pool[a], pool[b]
+            if (sig[ga] == sig[gb]).mean() < 0.3 and comp[ga] != comp[gb]:
+                negs.add((reps[ga][0], reps[gb][0]))
+        rows[s] = [(x, y, 1) for x, y in pos[s]] + [(x, y, 0) for x, y in sorted(negs)]
+        rng.shuffle(rows[s])
+    return rows
+
+
+def write_clone(out_dir, funcs, rows, settings):
+    """bigclonebench/data.jsonl + {split}.txt (idx1 TAB idx2 TAB label), then manifest.json (last)."""
+    from data import atomic_open, write_json
+    bdir, idx, counts = os.path.join(out_dir, 'bigclonebench'), {}, {}
+    make_dir(bdir)
+    lines = {}
+    for s in SPLITS:
+        lines[s] = []
+        for x, y, lab in rows[s]:
+            for k in (x, y):
+                idx.setdefault(k, str(len(idx)))
+            lines[s].append(f"{idx[x]}\t{idx[y]}\t{lab}\n")
+        counts[s] = {'positive': sum(r[2] for r in rows[s]), 'negative': sum(1 - r[2] for r in rows[s])}
+        print0(f"clone {s}: {counts[s]['positive']:,} positive + {counts[s]['negative']:,} negative pairs")
+    with atomic_open(os.path.join(bdir, 'data.jsonl'), 'w', encoding='utf-8') as fh:
+        for k, i in idx.items():
+            fh.write(json.dumps({'func': funcs[k]['original_string'], 'idx': i}, ensure_ascii=False) + '\n')
+    for s in SPLITS:
+        with atomic_open(os.path.join(bdir, f'{s}.txt'), 'w', encoding='utf-8') as fh:
+            fh.writelines(lines[s])
+    write_json(os.path.join(bdir, 'manifest.json'), {'format': 'bigclonebench', 'settings': settings, 'counts': counts})
+    return counts
+
+
+def build_finetune(repos, which, source, fingerprint, split_of, funcs, out_dir, seed=1337, heldout_fraction=0.1,
+                   dedup_threshold=0.7, num_proc=1):
+    """Retrieval pairs (text-code and code-code, and a CodeSearchNet-format copy) and BigCloneBench-
+    format clone pairs from the Python functions of a corpus (`funcs`, collected here when None);
+    paper 4.1 uses SynthCoNL, which is not shipped: these are the same kinds of pairs from real
+    local code. `which`: a subset of {'retrieval', 'clone'}; `split_of`: the repository split (a
+    pair across two splits is dropped). Each output directory gets a manifest.json, written last;
+    a rerun with the same settings reuses it."""
+    settings = {'source': source, 'corpus_sha256': fingerprint, 'seed': seed, 'heldout_fraction': heldout_fraction,
+                'dedup_threshold': dedup_threshold}
+    dirs = {'retrieval': os.path.join(out_dir, 'retrieval'), 'clone': os.path.join(out_dir, 'bigclonebench')}
+    for w in list(which):
+        if _complete(dirs[w], settings):
+            print0(f"{w}: {dirs[w]} is complete and was built with these settings: reusing it")
+            which = [x for x in which if x != w]
+        elif os.path.exists(os.path.join(dirs[w], 'manifest.json')):
+            os.remove(os.path.join(dirs[w], 'manifest.json'))  # being rebuilt: not complete until the end
+    if not which:
+        return {}
+    rng = np.random.default_rng(seed)
+    funcs = collect_functions(repos, num_proc) if funcs is None else funcs
+    if not funcs:
+        raise ValueError("no Python functions found in the corpus: nothing to build fine-tuning pairs from")
+    groups = function_groups(funcs, dedup_threshold, num_proc)
     counts = {}
     if 'retrieval' in which:
-        text_code, csn, seen = {s: [] for s in splits}, {s: [] for s in splits}, set()
-        for k, f in enumerate(funcs):
-            if not f['docstring']:
-                continue
-            code = strip_docstring(f['original_string'])
-            if not csn_keep(f, code) or find(gid[k]) in seen:
-                continue
-            seen.add(find(gid[k]))
-            s, query = split_of[f['repo']], first_paragraph(f['docstring'])
-            text_code[s].append(pair_row('text-code', query, None, code, 'python', f['repo'], url(f)))
-            csn[s].append({'repo': f['repo'], 'path': f['path'], 'func_name': f['qualname'],
-                           'original_string': f['original_string'], 'language': 'python',
-                           'code': f['original_string'], 'code_tokens': simple_tokens(code),
-                           'docstring': f['docstring'], 'docstring_tokens': simple_tokens(query),
-                           'sha': f['sha'], 'url': url(f), 'partition': s})
-        # each function in at most one code-code pair (a matching, most similar pairs first): a
-        # cluster of many similar functions would otherwise fill batches with false negatives
-        code_code, dropped, used = {s: [] for s in splits}, 0, set()
-        for a, b, jac in sorted(near, key=lambda x: -x[2]):
-            fa, fb = funcs[reps[a][0]], funcs[reps[b][0]]
-            if split_of[fa['repo']] != split_of[fb['repo']]:
-                dropped += 1
-                continue
-            if a in used or b in used or fa['name'] != fb['name']:
-                continue  # same name: one function in two places, not look-alike siblings (pad_start/pad_end)
-            ca, cb = strip_docstring(fa['original_string']), strip_docstring(fb['original_string'])
-            if normalized(ca) == normalized(cb) or code_lines(ca) < 3 or code_lines(cb) < 3:
-                continue
-            if rng.random() < 0.5:
-                fa, fb, ca, cb = fb, fa, cb, ca
-            used.update((a, b))
-            code_code[split_of[fa['repo']]].append(pair_row('code-code', ca, 'python', cb, 'python', fa['repo'],
-                                                            f"{url(fa)}|{url(fb)}"))
-        rdir = os.path.join(out_dir, 'retrieval')
-        make_dir(rdir)
-        for s in splits:
-            write_pairs(os.path.join(rdir, f'{s}.jsonl'), text_code[s] + code_code[s])
-            cdir = os.path.join(out_dir, 'codesearchnet', 'python', 'final', 'jsonl', s)
-            make_dir(cdir)
-            with atomic_open(os.path.join(cdir, f'python_{s}_0.jsonl.gz'), 'wt', encoding='utf-8') as fh:
-                for r in csn[s]:
-                    fh.write(json.dumps(r, ensure_ascii=False) + '\n')
-            counts[f'retrieval/{s}'] = {'text-code': len(text_code[s]), 'code-code': len(code_code[s])}
-            print0(f"retrieval {s}: {len(text_code[s]):,} text-code + {len(code_code[s]):,} code-code pairs, "
-                f"{sum(1 for r in split_of.values() if r == s)} repositories")
+        text_code, csn = text_code_pairs(funcs, groups, split_of)
+        code_code, dropped = code_code_pairs(funcs, groups, split_of, rng)
+        counts.update({f'retrieval/{s}': c for s, c in
+                       write_retrieval(out_dir, text_code, code_code, csn, split_of, settings).items()})
         print0(f"retrieval: {dropped} near-duplicate pairs across two splits dropped")
-        write_json(os.path.join(rdir, 'manifest.json'), {'format': 'mose-pairs', 'settings': settings,
-                                                         'counts': {s: counts[f'retrieval/{s}'] for s in splits}})
     if 'clone' in which:
-        pos, n_pos = {s: [] for s in splits}, {}
-        for a, b, jac in sorted(near, key=lambda x: -x[2]):  # each function in at most 3 positive pairs
-            fa, fb = reps[a][0], reps[b][0]
-            if split_of[funcs[fa]['repo']] == split_of[funcs[fb]['repo']] and \
-                    n_pos.get(a, 0) < 3 and n_pos.get(b, 0) < 3:
-                pos[split_of[funcs[fa]['repo']]].append((fa, fb))
-                n_pos[a], n_pos[b] = n_pos.get(a, 0) + 1, n_pos.get(b, 0) + 1
-        for g in ok:  # identical copies in two files (type-1 clones): at most 3 pairs per group
-            m = [k for k in reps[g]]
-            copies = [(x, y) for x, y in zip(m, m[1:]) if (funcs[x]['repo'], funcs[x]['path']) !=
-                      (funcs[y]['repo'], funcs[y]['path']) and split_of[funcs[x]['repo']] == split_of[funcs[y]['repo']]]
-            for x, y in copies[:3]:
-                pos[split_of[funcs[x]['repo']]].append((x, y))
-        by_split = {s: [g for g in ok if split_of[funcs[reps[g][0]]['repo']] == s] for s in splits}
-        bdir = os.path.join(out_dir, 'bigclonebench')
-        make_dir(bdir)
-        idx, lines = {}, {}
-        for s in splits:
-            negs, pool_ = set(), by_split[s]
-            tries = 0
-            while len(negs) < len(pos[s]) and len(pool_) > 1 and tries < 20 * len(pos[s]) + 100:
-                tries += 1
-                a, b = (int(x) for x in rng.choice(len(pool_), 2, replace=False))
-                ga, gb = pool_[a], pool_[b]
-                if (sig_of[ga] == sig_of[gb]).mean() < 0.3 and find(ga) != find(gb):
-                    negs.add((reps[ga][0], reps[gb][0]))
-            rows = [(x, y, 1) for x, y in pos[s]] + [(x, y, 0) for x, y in sorted(negs)]
-            rng.shuffle(rows)
-            lines[s] = []
-            for x, y, lab in rows:
-                for k in (x, y):
-                    idx.setdefault(k, str(len(idx)))
-                lines[s].append(f"{idx[x]}\t{idx[y]}\t{lab}\n")
-            counts[f'bigclonebench/{s}'] = {'positive': len(pos[s]), 'negative': len(negs)}
-            print0(f"clone {s}: {len(pos[s]):,} positive + {len(negs):,} negative pairs")
-        with atomic_open(os.path.join(bdir, 'data.jsonl'), 'w', encoding='utf-8') as fh:
-            for k, i in idx.items():
-                fh.write(json.dumps({'func': funcs[k]['original_string'], 'idx': i}, ensure_ascii=False) + '\n')
-        for s in splits:
-            with atomic_open(os.path.join(bdir, f'{s}.txt'), 'w', encoding='utf-8') as fh:
-                fh.writelines(lines[s])
-        write_json(os.path.join(bdir, 'manifest.json'), {'format': 'bigclonebench', 'settings': settings,
-                                                         'counts': {s: counts[f'bigclonebench/{s}'] for s in splits}})
+        rows = clone_pairs(funcs, groups, split_of, rng)
+        counts.update({f'bigclonebench/{s}': c for s, c in write_clone(out_dir, funcs, rows, settings).items()})
     return counts
 
 
 # ----------------------------------------------------------------------------- tokenizer
 
-def train_corpus_bpe(repos, train_repos, fingerprint):
+def train_corpus_bpe(repos, train_repos, fingerprint, out_dir, bpe_vocab, bpe_bytes, seed):
     """Train (or reuse) a byte-level BPE of bpe_vocab entries on the files of `train_repos`, at most
     bpe_bytes of them in seeded order, into out_dir/tokenizer/; returns that directory."""
     from data import write_json
@@ -774,7 +776,7 @@ def train_corpus_bpe(repos, train_repos, fingerprint):
     write_json(os.path.join(tdir, 'manifest.json'), {'format': 'bpe', 'settings': settings, 'stats': stats,
                                                      'repositories': sorted(train_repos)})
     print0(f"tokenizer: byte-level BPE of {bpe_vocab:,} entries (n_vocab {tok.n_vocab:,}) trained on {stats['files']:,} "
-        f"files, {stats['bytes'] / 1e6:.1f} MB of {len(train_repos)} training repositories in {time.time() - t0:.1f}s")
+           f"files, {stats['bytes'] / 1e6:.1f} MB of {len(train_repos)} training repositories in {time.time() - t0:.1f}s")
     return tdir
 
 
@@ -783,7 +785,9 @@ def train_corpus_bpe(repos, train_repos, fingerprint):
 _TOK, _BUDGET = None, None
 
 
-def snippet_budget():
+def snippet_budget(max_len, snippet_len=0):
+    """The longest snippet in tokens: snippet_len, or by default (max_len - 3) // 2, so that a second
+    snippet always fits and sequences mix two repositories as often as ICC needs (paper 2.1)."""
     budget = snippet_len or (max_len - 3) // 2
     if not 1 <= budget <= max_len - 2:
         raise ValueError(f"snippet_len={snippet_len}: must be in [1, max_len - 2 = {max_len - 2}]")
@@ -820,120 +824,122 @@ def clean_icc_dir(icc_dir):
         print0(f"icc: removed {removed} files of an earlier incomplete or different build")
 
 
-def run_icc(repos, source, fingerprint, held_out=()):
-    from data import write_json, write_shard
+def tokenise_corpus(repos, tokenizer, budget, num_proc):
+    """Every file of the corpus as snippets of at most `budget` tokens, in num_proc processes.
+    Returns ({repository: its snippets in file order}, for the repositories with any, and stats)."""
+    names = sorted(repos)
+    tasks = [(ri, fi, f) for ri, r in enumerate(names) for fi, f in enumerate(repos[r])]
+    snippets = [[None] * len(repos[r]) for r in names]
+    st = {'skipped': {}, 'bytes': 0, 'tokens': 0}
+    t0 = time.time()
+    with mp.Pool(num_proc, initializer=_init_worker, initargs=(tokenizer, budget)) as pool, \
+            tqdm(total=len(tasks), desc='tokenise', unit='file', mininterval=1) as bar:
+        for ri, fi, why, nb, sn in pool.imap_unordered(_tokenise_file, tasks, chunksize=8):
+            if why:
+                st['skipped'][why] = st['skipped'].get(why, 0) + 1
+            snippets[ri][fi] = sn
+            st['bytes'] += nb
+            st['tokens'] += sum(len(s) for s in sn)
+            bar.update(1)
+    st['seconds'] = time.time() - t0
+    flat = {r: [s for fs in snippets[ri] for s in fs] for ri, r in enumerate(names)}
+    st['files'] = sum(1 for fs in snippets for f in fs if f)
+    st['empty'] = [r for r in names if not flat[r]]
+    return {r: v for r, v in flat.items() if v}, st
+
+
+def write_icc_split(icc_dir, split, snippets, tok, max_len, seed, shard_tokens):
+    """The ICC sequences of one split (icc_plan over {repository: snippets}) in shards of about
+    shard_tokens tokens. Returns its manifest entry and the largest token id."""
+    from data import write_shard
+    rs = sorted(snippets)
+    plan = icc_plan([[len(s) for s in snippets[r]] for r in rs], max_len, seed)
+    shards, seqs, labels, n_seq_tok, tot, pos, max_id = [], [], [], 0, 0, 0, 0
+    for i, (label, items) in enumerate(plan):
+        seq = assemble(items, [snippets[r] for r in rs], tok.sep_id, tok.cls_id)
+        seqs.append(seq)
+        labels.append(label)
+        n_seq_tok += len(seq)
+        max_id = max(max_id, int(seq.max()))
+        if n_seq_tok >= shard_tokens or i == len(plan) - 1:
+            shards.append(f"{split}_{len(shards):04d}.bin")
+            write_shard(os.path.join(icc_dir, shards[-1]), seqs, labels)
+            tot, pos = tot + n_seq_tok, pos + sum(labels)
+            seqs, labels, n_seq_tok = [], [], 0
+    if plan:
+        print0(f"icc {split}: {len(rs):,} repositories, {len(plan):,} sequences, {tot:,} tokens, "
+               f"mean length {tot / len(plan):,.0f}, label 0 (two repositories) {1 - pos / len(plan):.1%}")
+    return {'shards': shards, 'sequences': len(plan), 'tokens': tot, 'repositories': len(rs), 'positives': pos}, max_id
+
+
+def run_icc(repos, source, fingerprint, held_out, out_dir, tokenizer, max_len, snippet_len=0, val_fraction=0.05,
+            seed=1337, shard_tokens=64 * 2 ** 20, max_bytes=0, num_proc=1):
+    """ICC pre-training shards (paper 2.1, Fig. 2) in out_dir/icc/, split by repository; the
+    `held_out` repositories (the retrieval test split) are validation ones, never pre-trained on.
+    The manifest is written last: its presence marks a complete dataset, reused on a rerun."""
+    from data import write_json
     from tokenizer import get_tokenizer
     tok = get_tokenizer(tokenizer)
     icc_dir = os.path.join(out_dir, 'icc')
     make_dir(icc_dir)
-    settings = {'source': source, 'corpus_sha256': fingerprint, 'tokenizer': tok.meta(),
-                'max_len': max_len, 'snippet_len': snippet_budget(), 'val_fraction': val_fraction, 'seed': seed, 'shard_tokens': shard_tokens,
+    budget = snippet_budget(max_len, snippet_len)
+    settings = {'source': source, 'corpus_sha256': fingerprint, 'tokenizer': tok.meta(), 'max_len': max_len,
+                'snippet_len': budget, 'val_fraction': val_fraction, 'seed': seed, 'shard_tokens': shard_tokens,
                 'max_bytes': max_bytes, 'held_out': sorted(held_out)}
     mpath = os.path.join(icc_dir, 'manifest.json')
-    if os.path.exists(mpath):
-        try:
-            with open(mpath) as f:
-                if json.load(f).get('settings') == settings:
-                    print0(f"icc: {mpath} is complete and was built with these settings: reusing it")
-                    return
-        except (OSError, ValueError):
-            pass
+    if _complete(icc_dir, settings):
+        print0(f"icc: {mpath} is complete and was built with these settings: reusing it")
+        return
     if max_len < 5:
         raise ValueError(f"max_len={max_len}: must be >= 5 (<sep> snippet <sep> snippet <cls>)")
-    snippet_budget()
     clean_icc_dir(icc_dir)
-    names = sorted(repos)
-    tasks = [(ri, fi, f) for ri, r in enumerate(names) for fi, f in enumerate(repos[r])]
-    snippets = [[None] * len(repos[r]) for r in names]
-    skipped, n_bytes, n_tok, done = {}, 0, 0, 0
-    t0 = last = time.time()
-    with mp.Pool(num_proc, initializer=_init_worker, initargs=(tokenizer, snippet_budget())) as pool:
-        for ri, fi, why, nb, sn in pool.imap_unordered(_tokenise_file, tasks, chunksize=8):
-            done += 1
-            if why:
-                skipped[why] = skipped.get(why, 0) + 1
-            snippets[ri][fi] = sn
-            n_bytes += nb
-            n_tok += sum(len(s) for s in sn)
-            now = time.time()
-            if now - last > 1 or done == len(tasks):
-                last, dt = now, max(now - t0, 1e-9)
-                eta = (len(tasks) - done) / (done / dt)
-                print(f"\rtokenise: {done:,}/{len(tasks):,} files ({done / dt:,.0f} files/s), {n_tok / 1e6:.1f}M tokens "
-                      f"({n_tok / dt / 1e6:.2f}M tokens/s), {n_bytes / 1e6:.0f} MB, ETA {eta:.0f}s   ",
-                      end='', file=sys.stderr, flush=True)
-    print(file=sys.stderr)
-    dt = time.time() - t0
-    # flatten per repository, in file order; repositories with nothing usable are dropped
-    flat = {r: [s for fs in snippets[ri] for s in fs] for ri, r in enumerate(names)}
-    empty = [r for r in names if not flat[r]]
-    flat = {r: v for r, v in flat.items() if v}
-    n_files = sum(1 for ri in range(len(names)) for fs in snippets[ri] if fs)
-    print0(f"icc: {len(flat):,} repositories, {n_files:,} files, {n_bytes / 1e6:,.1f} MB, {n_tok:,} tokens "
-        f"in {dt:.1f}s ({n_tok / max(dt, 1e-9) / 1e6:.2f}M tokens/s on {num_proc} processes)")
-    if skipped:
-        print0("icc: skipped files: " + ', '.join(f"{v:,} {k}" for k, v in sorted(skipped.items())))
-    if empty:
-        print0(f"icc: {len(empty)} repositories with no usable file skipped" +
-            (f" (e.g. {', '.join(empty[:3])})" if empty else ''))
+    flat, st = tokenise_corpus(repos, tokenizer, budget, num_proc)
+    dt, n_tok = st['seconds'], st['tokens']
+    print0(f"icc: {len(flat):,} repositories, {st['files']:,} files, {st['bytes'] / 1e6:,.1f} MB, {n_tok:,} tokens "
+           f"in {dt:.1f}s ({n_tok / max(dt, 1e-9) / 1e6:.2f}M tokens/s on {num_proc} processes)")
+    if st['skipped']:
+        print0("icc: skipped files: " + ', '.join(f"{v:,} {k}" for k, v in sorted(st['skipped'].items())))
+    if st['empty']:
+        print0(f"icc: {len(st['empty'])} repositories with no usable file skipped (e.g. {', '.join(st['empty'][:3])})")
     if not flat:
         raise ValueError(f"input {source}: no usable source file in any repository "
                          f"(extensions read: {', '.join(sorted(SOURCE_EXTS))})")
     split_of = assign_splits({r: sum(len(s) for s in v) for r, v in flat.items() if r not in held_out},
                              {'train': 1 - val_fraction, 'val': val_fraction}, seed)
-    split_of.update({r: 'val' for r in flat if r in held_out})  # the retrieval test repositories: never pre-trained on
+    split_of.update({r: 'val' for r in flat if r in held_out})
     manifest = {'format': 'mose-icc', 'version': 1, 'tokenizer': tok.meta(), 'max_len': max_len,
-                'snippet_len': snippet_budget(), 'seed': seed,
-                'splits': {}, 'val_repositories': sorted(r for r in flat if split_of[r] == 'val'),
+                'snippet_len': budget, 'seed': seed, 'splits': {},
+                'val_repositories': sorted(r for r in flat if split_of[r] == 'val'),
                 'max_token_id': 0, 'source': source, 'settings': settings, 'stats': {}}
-    n_snip = sum(len(v) for v in flat.values())
     for si, split in enumerate(('train', 'val')):
-        rs = [r for r in sorted(flat) if split_of[r] == split]
-        plan = icc_plan([[len(s) for s in flat[r]] for r in rs], max_len, seed + si)
-        shards, seqs, labels, n_seq_tok, k, tot, pos = [], [], [], 0, 0, 0, 0
-        for label, items in plan:
-            seq = assemble(items, [flat[r] for r in rs], tok.sep_id, tok.cls_id)
-            seqs.append(seq)
-            labels.append(label)
-            n_seq_tok += len(seq)
-            manifest['max_token_id'] = max(manifest['max_token_id'], int(seq.max()))
-            if n_seq_tok >= shard_tokens:
-                shards.append(f"{split}_{k:04d}.bin")
-                write_shard(os.path.join(icc_dir, shards[-1]), seqs, labels)
-                tot, pos, k = tot + n_seq_tok, pos + sum(labels), k + 1
-                seqs, labels, n_seq_tok = [], [], 0
-        if seqs:
-            shards.append(f"{split}_{k:04d}.bin")
-            write_shard(os.path.join(icc_dir, shards[-1]), seqs, labels)
-            tot, pos = tot + n_seq_tok, pos + sum(labels)
-        manifest['splits'][split] = {'shards': shards, 'sequences': len(plan), 'tokens': tot, 'repositories': len(rs),
-                                     'positives': pos}
-        if plan:
-            print0(f"icc {split}: {len(rs):,} repositories, {len(plan):,} sequences, {tot:,} tokens, "
-                f"mean length {tot / len(plan):,.0f}, label 0 (two repositories) {1 - pos / len(plan):.1%}")
-    n_seqs = sum(v['sequences'] for v in manifest['splits'].values())
-    packed = sum(v['tokens'] for v in manifest['splits'].values()) / max(n_seqs, 1)
+        part = {r: v for r, v in flat.items() if split_of[r] == split}
+        manifest['splits'][split], max_id = write_icc_split(icc_dir, split, part, tok, max_len, seed + si, shard_tokens)
+        manifest['max_token_id'] = max(manifest['max_token_id'], max_id)
+    n_snip = sum(len(v) for v in flat.values())
+    packed = sum(v['tokens'] for v in manifest['splits'].values()) / max(sum(v['sequences'] for v in
+                                                                             manifest['splits'].values()), 1)
     single = (n_tok + 2 * n_snip) / max(n_snip, 1)  # one snippet a sequence: <sep> snippet <cls>
-    manifest['stats'] = {'repositories': len(flat), 'files': n_files, 'bytes': n_bytes, 'tokens': n_tok,
-                         'snippets': n_snip, 'skipped_files': skipped, 'repositories_without_files': len(empty),
-                         'mean_len_packed': packed, 'mean_len_single': single,
-                         'tokenise_seconds': dt, 'tokens_per_s': n_tok / max(dt, 1e-9)}
+    manifest['stats'] = {'repositories': len(flat), 'files': st['files'], 'bytes': st['bytes'], 'tokens': n_tok,
+                         'snippets': n_snip, 'skipped_files': st['skipped'],
+                         'repositories_without_files': len(st['empty']), 'mean_len_packed': packed,
+                         'mean_len_single': single, 'tokenise_seconds': dt, 'tokens_per_s': n_tok / max(dt, 1e-9)}
     print0(f"icc: mean sequence length {packed:,.0f} tokens with ICC packing, {single:,.0f} without "
-        f"(one snippet a sequence; paper 2.1: 1,300 vs 630)")
+           f"(one snippet a sequence; paper 2.1: 1,300 vs 630)")
     write_json(mpath, manifest)  # last: its presence marks a complete dataset
     print0(f"icc: wrote {mpath}")
 
 
 # ----------------------------------------------------------------------------- SynthCoNL, CSN, dedup bench
 
-def run_synthconl(path):
+def run_synthconl(path, out_dir, dedup_threshold=0.7, num_proc=1, skip_bad_lines=False):
+    """SynthCoNL rows, near-deduplicated on both code columns (paper 5), as pairs in synthconl/train.jsonl."""
     from data import load_synthconl, synthconl_to_pairs, write_pairs
     rows = load_synthconl(path, skip_bad_lines)
     print0(f"synthconl: {len(rows):,} rows from {path}")
     kept, st = minhash_dedup([[r['func1_CSN'] or '' for r in rows], [r['func2'] or '' for r in rows]],
                              dedup_threshold, num_proc)
     print0(f"synthconl: near-dedup removed {st['removed']:,} of {len(rows):,} rows ({st['removed'] / len(rows):.1%}), "
-        f"{st['rows_per_s']:,.0f} rows/s")
+           f"{st['rows_per_s']:,.0f} rows/s")
     pairs = synthconl_to_pairs([rows[i] for i in kept])
     make_dir(os.path.join(out_dir, 'synthconl'))
     out = os.path.join(out_dir, 'synthconl', 'train.jsonl')
@@ -941,7 +947,8 @@ def run_synthconl(path):
     print0(f"synthconl: wrote {len(pairs):,} pairs to {out}")
 
 
-def run_codesearchnet(path):
+def run_codesearchnet(path, out_dir, skip_bad_lines=False):
+    """CodeSearchNet files as text-code pairs in retrieval/codesearchnet.jsonl."""
     from data import load_codesearchnet, pair_row, write_pairs
     rows = load_codesearchnet(path, skip_bad=skip_bad_lines)
     pairs = [pair_row('text-code', r['query'], None, r['code'], r['language'], r['repo'], r['id'])
@@ -974,11 +981,11 @@ def lightly_edit(code, rng):
     return re.sub(rf'\b{old}\b', old + '_' + str(int(rng.integers(10))), code)
 
 
-def run_dedup_bench(repos):
+def run_dedup_bench(repos, bench_rows=100_000, dedup_threshold=0.7, seed=1337, num_proc=1):
     """bench_rows SynthCoNL-format rows from real local functions: func1_CSN a function, func2 a
     light edit of it (half the rows) or another real function; real vendored copies add more."""
     rng = np.random.default_rng(seed)
-    funcs = [f for f in collect_functions(repos) if code_lines(f['original_string']) >= 3]
+    funcs = [f for f in collect_functions(repos, num_proc) if code_lines(f['original_string']) >= 3]
     if not funcs:
         raise ValueError("dedup-bench: no Python functions in the corpus")
     order = rng.permutation(len(funcs))
@@ -995,15 +1002,41 @@ def run_dedup_bench(repos):
     print0(f"dedup-bench: {len(rows):,} rows from {len(funcs):,} functions; hashing on {num_proc} processes")
     kept, st = minhash_dedup([[r['func1_CSN'] for r in rows], [r['func2'] for r in rows]], dedup_threshold, num_proc)
     print0(f"dedup-bench: removed {st['removed']:,} of {len(rows):,} rows ({st['removed'] / len(rows):.1%}) in "
-        f"{st['seconds']:.1f}s: {st['rows_per_s']:,.0f} rows/s (MinHash LSH, 256 permutations, 5-grams, "
-        f"threshold {dedup_threshold})")
+           f"{st['seconds']:.1f}s: {st['rows_per_s']:,.0f} rows/s (MinHash LSH, 256 permutations, 5-grams, "
+           f"threshold {dedup_threshold})")
     return st
 
 
 # ----------------------------------------------------------------------------- main
 
 if __name__ == '__main__':
-    exec(open('configurator.py').read())
+    # -----------------------------------------------------------------------------
+    # what to build
+    task = 'all'  # 'all' (icc + retrieval + clone) | 'icc' | 'retrieval' | 'clone' | 'synthconl' | 'dedup-bench'
+    input = ''  # '' = local Python sources; a dir of repositories; a jsonl(.gz) of files; CSN / SynthCoNL files
+    out_dir = 'data'
+    # tokenisation and ICC sequences (paper 2.1)
+    tokenizer = 'cl100k_base'  # or a directory with StarCoder-2's vocab.json + merges.txt
+    bpe_vocab = 0  # > 0: train a byte-level BPE of this many entries on the training repositories (out_dir/tokenizer/)
+    # and build everything with it instead of `tokenizer`
+    bpe_bytes = 64_000_000  # cap on the source bytes the BPE is trained on (files in seeded order)
+    max_len = 2048  # tokens per sequence, <sep> and <cls> included
+    snippet_len = 0  # longest snippet in tokens; longer files are split at line boundaries. 0 = (max_len - 3) // 2,
+    # so that a second snippet always fits and sequences mix two repositories (snippet_budget)
+    val_fraction = 0.05  # ICC validation share (of bytes), split by repository
+    shard_tokens = 64 * 2 ** 20  # tokens per shard file
+    max_bytes = 0  # cap on the corpus bytes read (0 = all); repositories are dropped whole, in seeded order
+    # fine-tuning and clone data
+    heldout_fraction = 0.1  # share of functions (by repository) for valid, and again for test
+    dedup_threshold = 0.7  # Jaccard threshold of near-duplicates (paper 5)
+    bench_rows = 100_000  # rows of the dedup benchmark
+    # system
+    seed = 1337
+    num_proc = os.cpu_count() or 1
+    skip_bad_lines = False  # malformed jsonl lines: False = stop with file:line, True = skip and count
+    # -------------------------------------------------------------------------
+    exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())  # -> config
+    # -------------------------------------------------------------------------
     TASKS = ('all', 'icc', 'retrieval', 'clone', 'synthconl', 'dedup-bench')
     t_start = time.time()
     try:
@@ -1015,27 +1048,32 @@ if __name__ == '__main__':
         if task == 'synthconl':
             if not input:
                 raise ValueError("--task=synthconl needs --input=<SynthCoNL .parquet/.jsonl file or directory>")
-            run_synthconl(input)
+            run_synthconl(input, out_dir, dedup_threshold, num_proc, skip_bad_lines)
         elif task == 'retrieval' and input and is_codesearchnet(input):
-            run_codesearchnet(input)
+            run_codesearchnet(input, out_dir, skip_bad_lines)
         else:
-            repos, source = load_corpus(input)
+            # the corpus and its one split by repository
+            repos, source = load_corpus(input, skip_bad_lines)
             if not repos or not any(repos.values()):
                 raise ValueError(f"input {source}: empty corpus (no repository with source files)")
             repos = cap_corpus(repos, max_bytes, seed)
             fingerprint = corpus_fingerprint(repos)
-            split_of, funcs, record = repository_splits(repos, fingerprint) if task != 'dedup-bench' else ({}, None, None)
+            split_of, funcs, record = (repository_splits(repos, fingerprint, out_dir, seed, heldout_fraction, num_proc)
+                                       if task != 'dedup-bench' else ({}, None, None))
+            # the tokenizer, trained on the training repositories only
             if bpe_vocab:
                 tokenizer = train_corpus_bpe(repos, [r for r in sorted(repos) if split_of.get(r, 'train') == 'train'],
-                                             fingerprint)
+                                             fingerprint, out_dir, bpe_vocab, bpe_bytes, seed)
+            # the data of each stage
             if task in ('all', 'icc'):
-                run_icc(repos, source, fingerprint, {r for r, sp in split_of.items() if sp == 'test'})
+                run_icc(repos, source, fingerprint, {r for r, sp in split_of.items() if sp == 'test'}, out_dir,
+                        tokenizer, max_len, snippet_len, val_fraction, seed, shard_tokens, max_bytes, num_proc)
             if task in ('all', 'retrieval', 'clone'):
                 build_finetune(repos, {'all': ('retrieval', 'clone')}.get(task, (task,)), source, fingerprint,
-                               split_of, funcs)
+                               split_of, funcs, out_dir, seed, heldout_fraction, dedup_threshold, num_proc)
             if task == 'dedup-bench':
-                run_dedup_bench(repos)
-            if record:
+                run_dedup_bench(repos, bench_rows, dedup_threshold, seed, num_proc)
+            if record:  # the split, once every stage has succeeded
                 from data import write_json
                 write_json(os.path.join(out_dir, 'splits.json'), record)
     except (ValueError, FileNotFoundError, ImportError, OSError, RuntimeError) as e:
