@@ -212,6 +212,8 @@ def _read_json(path):
 
 
 def _bpe_from_dir(path):
+    """A StarCoder-2 style directory (vocab.json + merges.txt, optionally tokenizer.json and
+    added_tokens.json) as tiktoken ranks, with MoSE's <sep> <cls> <mask> after the vocabulary."""
     vocab_path, merges_path = os.path.join(path, 'vocab.json'), os.path.join(path, 'merges.txt')
     for p in (vocab_path, merges_path):
         if not os.path.isfile(p):
@@ -222,40 +224,7 @@ def _bpe_from_dir(path):
         raise ValueError(f"{vocab_path}: expected a JSON object token -> id")
     if sorted(vocab.values()) != list(range(len(vocab))):
         raise ValueError(f"{vocab_path}: ids are not 0..{len(vocab) - 1} without gaps")
-    byte_of = {c: b for b, c in bytes_to_unicode().items()}
-
-    def to_bytes(tok):
-        return bytes(byte_of[c] for c in tok)
-
-    ranks = {}  # bytes -> rank (= vocab id); tiktoken merges the adjacent pair of lowest rank
-    for b, c in bytes_to_unicode().items():
-        if c not in vocab:
-            raise ValueError(f"{vocab_path}: byte-level vocabulary lacks the byte token {c!r} (byte {b})")
-        ranks[bytes([b])] = vocab[c]
-    # HF BPE applies merges in file order; tiktoken in rank order. They agree when the id of every
-    # merge result grows with its line in merges.txt, which is how BPE trainers write both files.
-    last, last_line = -1, 0
-    with open(merges_path, encoding='utf-8') as f:
-        for lineno, line in enumerate(f, 1):
-            line = line.rstrip('\r\n')
-            if not line or line.startswith('#version'):
-                continue
-            parts = line.split(' ')
-            if len(parts) != 2:
-                raise ValueError(f"{merges_path}:{lineno}: expected two tokens separated by one space, got {line!r}")
-            a, b = parts
-            for t in (a, b, a + b):
-                if t not in vocab:
-                    raise ValueError(f"{merges_path}:{lineno}: {t!r} is not in vocab.json")
-            if to_bytes(a + b) in ranks:
-                continue  # a second merge giving the same string: tiktoken keeps the first (lower) rank
-            rid = vocab[a + b]
-            if rid <= last or rid <= vocab[a] or rid <= vocab[b]:
-                raise ValueError(f"{merges_path}:{lineno}: merge {line!r} gives id {rid}, not above the id of line "
-                                 f"{last_line} ({last}) and of its parts: ranks are inconsistent with the merge order, "
-                                 f"so tiktoken would not reproduce this BPE")
-            ranks[to_bytes(a + b)] = rid
-            last, last_line = rid, lineno
+    ranks = _merge_ranks(vocab, vocab_path, merges_path)
     # vocab entries no merge produces (<|endoftext|>, <fim_prefix>, ...) are special tokens
     reachable = set(ranks.values())
     specials = {tok: i for tok, i in vocab.items() if i not in reachable}
@@ -287,6 +256,42 @@ def _bpe_from_dir(path):
                             special_tokens=specials)
     return Tokenizer('starcoder2', enc, specials['<sep>'], specials['<cls>'], specials['<mask>'],
                      specials['<pad>'], n_vocab=n_vocab, source=os.path.abspath(path))
+
+
+def _merge_ranks(vocab, vocab_path, merges_path):
+    """{token bytes: rank (= vocab id)}: the 256 bytes, then each merge of merges.txt. HF BPE applies
+    merges in file order, tiktoken in rank order; they agree when the id of every merge result grows
+    with its line in merges.txt, which is how BPE trainers write both files (checked here)."""
+    byte_of = {c: b for b, c in bytes_to_unicode().items()}
+    to_bytes = lambda tok: bytes(byte_of[c] for c in tok)
+    ranks = {}
+    for b, c in bytes_to_unicode().items():
+        if c not in vocab:
+            raise ValueError(f"{vocab_path}: byte-level vocabulary lacks the byte token {c!r} (byte {b})")
+        ranks[bytes([b])] = vocab[c]
+    last, last_line = -1, 0
+    with open(merges_path, encoding='utf-8') as f:
+        for lineno, line in enumerate(f, 1):
+            line = line.rstrip('\r\n')
+            if not line or line.startswith('#version'):
+                continue
+            parts = line.split(' ')
+            if len(parts) != 2:
+                raise ValueError(f"{merges_path}:{lineno}: expected two tokens separated by one space, got {line!r}")
+            a, b = parts
+            for t in (a, b, a + b):
+                if t not in vocab:
+                    raise ValueError(f"{merges_path}:{lineno}: {t!r} is not in vocab.json")
+            if to_bytes(a + b) in ranks:
+                continue  # a second merge giving the same string: tiktoken keeps the first (lower) rank
+            rid = vocab[a + b]
+            if rid <= last or rid <= vocab[a] or rid <= vocab[b]:
+                raise ValueError(f"{merges_path}:{lineno}: merge {line!r} gives id {rid}, not above the id of line "
+                                 f"{last_line} ({last}) and of its parts: ranks are inconsistent with the merge order, "
+                                 f"so tiktoken would not reproduce this BPE")
+            ranks[to_bytes(a + b)] = rid
+            last, last_line = rid, lineno
+    return ranks
 
 
 def train_bpe(texts, vocab_size, out_dir):

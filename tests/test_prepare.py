@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import data
+import dedup
 import prepare
 from tokenizer import get_tokenizer
 
@@ -180,8 +181,8 @@ def test_minhash_signature_equals_datasketch():
     from datasketch import MinHash
     text = open(os.path.join(STDLIB, 'heapq.py'), encoding='utf-8').read()[:3000]
     m = MinHash(num_perm=256, seed=1, hashfunc=int)
-    m.update_batch([int(h) for h in prepare.shingle_hashes(text)])
-    assert np.array_equal(prepare.minhash_signature(text), m.hashvalues)
+    m.update_batch([int(h) for h in dedup.shingle_hashes(text)])
+    assert np.array_equal(dedup.minhash_signature(text), m.hashvalues)
 
 
 def grams(t, k=5):
@@ -197,7 +198,7 @@ def test_minhash_estimates_jaccard(edit):
         chars[i] = chr(0x4e00 + int(rng.integers(500)))  # each edit breaks up to 5 grams
     b = ''.join(chars)
     exact = len(grams(a) & grams(b)) / len(grams(a) | grams(b))
-    est = (prepare.minhash_signature(a) == prepare.minhash_signature(b)).mean()
+    est = (dedup.minhash_signature(a) == dedup.minhash_signature(b)).mean()
     assert abs(est - exact) < 0.08
 
 
@@ -234,11 +235,11 @@ def test_minhash_dedup_rows():
     near = FUNC.replace('result', 'out')  # an identifier renamed: a near duplicate
     col1 = [FUNC, OTHER, FUNC, near, THIRD, OTHER + '\n']
     col2 = ['a ' * 20, 'b ' * 20, 'c ' * 20, 'd ' * 20, 'b ' * 20, 'e ' * 20]
-    kept, st = prepare.minhash_dedup([col1, col2], 0.7)
+    kept, st = dedup.minhash_dedup([col1, col2], 0.7)
     # row 2 exact copy of row 0, row 3 near copy, row 4 repeats row 1's second column, row 5 ~ row 1
     assert kept == [0, 1] and st['removed'] == 4
-    assert prepare.minhash_dedup([col1, col2], 0.7, procs=2, chunk=2)[0] == kept  # chunks hashed by workers
-    kept, _ = prepare.minhash_dedup([[FUNC, OTHER, THIRD], ['x1 ' * 9, 'y2 ' * 9, 'z3 ' * 9]], 0.7)
+    assert dedup.minhash_dedup([col1, col2], 0.7, procs=2, chunk=2)[0] == kept  # chunks hashed by workers
+    kept, _ = dedup.minhash_dedup([[FUNC, OTHER, THIRD], ['x1 ' * 9, 'y2 ' * 9, 'z3 ' * 9]], 0.7)
     assert kept == [0, 1, 2]  # distinct rows are all kept
 
 
@@ -246,8 +247,8 @@ def test_minhash_dedup_threshold_semantics():
     half = FUNC[:len(FUNC) // 2] + OTHER  # shares about half its grams with FUNC
     exact = len(grams(FUNC) & grams(half)) / len(grams(FUNC) | grams(half))
     assert 0.2 < exact < 0.6
-    assert prepare.minhash_dedup([[FUNC, half]], 0.7)[0] == [0, 1]
-    assert prepare.minhash_dedup([[FUNC, half]], exact - 0.15)[0] == [0]
+    assert dedup.minhash_dedup([[FUNC, half]], 0.7)[0] == [0, 1]
+    assert dedup.minhash_dedup([[FUNC, half]], exact - 0.15)[0] == [0]
 
 
 # ----------------------------------------------------------------------------- the stage, end to end
