@@ -404,7 +404,7 @@ def fetch_corpus(index, cands, data_dir, repos_per_language, bytes_per_language,
                 done[n] = fut.result()
                 bar.update(1)
                 bar.set_postfix_str(f"{sum(d.get('downloaded', 0) for d in done.values()) / 1e6:.0f} MB fetched")
-                if 'error' in done[n] and len(errors) < 5:
+                if done[n].get('error') and len(errors) < 5:
                     errors.append(done[n]['error'])
             kept = _keep(index, cands, done, repos_per_language, bytes_per_language)
     bar.close()

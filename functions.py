@@ -199,7 +199,7 @@ def python_docstring(node, src):
     return inspect.cleandoc(value), first
 
 
-_TAG = re.compile(r'^\s*(@\w|:(param|type|return|returns|rtype|raises|arg|keyword)\b|>>>|\.\. \w|'
+_TAG = re.compile(r'^\s*(@\w|:(param|type|return|returns|rtype|raises|arg|keyword)\b|>>>|\.\. \w|\S+::(\s|$)|'
                   r'(Args|Arguments|Returns|Raises|Parameters|Example|Examples|Note|Yields):\s*$)')
 
 
@@ -210,7 +210,8 @@ _HTML = re.compile(r'</?(a|b|i|u|s|em|strong|code|tt|pre|p|br|hr|ul|ol|li|dl|dt|
 
 def first_paragraph(doc):
     """The documentation's first paragraph as one line: up to a blank line or a tag (@param,
-    :param, Args:, >>>), without markup ({@link X}, <p>, `x`, :func:`x`, [text](url), entities)."""
+    :param, Args:, >>>, RDoc's `name::` lists), without markup ({@link X}, <p>, `x`, :func:`x`,
+    [text](url), RDoc's _x_ and +x+, entities)."""
     lines = []
     for ln in doc.strip().split('\n'):
         if not ln.strip() or _TAG.match(ln):
@@ -223,7 +224,8 @@ def first_paragraph(doc):
     text = re.sub(r':[\w:.-]+:`~?([^`]*)`', r'\1', text)
     text = re.sub(r'\[([^\]]*)\]\([^)]*\)', r'\1', text)
     text = re.sub(r'`+([^`]*)`+', r'\1', text)
-    text = re.sub(r'(\*\*|__)(\S.*?)\1', r'\2', text)
+    text = re.sub(r'\*\*(\S.*?)\*\*', r'\1', text)  # bold; not __x__, which is a Python name
+    text = re.sub(r'(?<!\w)([_+])([^\W_]([\w.]*[^\W_])?)\1(?!\w)', r'\2', text)  # RDoc's _emphasis_, +code+
     return ' '.join(html.unescape(text).split())
 
 

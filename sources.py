@@ -7,8 +7,8 @@ of its files are text a person wrote:
 - a directory whose subdirectories are repositories; a Stack-v2 style jsonl(.gz) of files.
 An exclusion list (one package / repository name a line) leaves repositories out of any of them.
 
-    repos, source, language_of = load_corpus('debian', data_dir='data/debian', repos_per_language=150)
-    for repo, path, text in iter_files(repos): ...
+    repos, source, language_of, roots = load_corpus('debian', data_dir='data/debian', repos_per_language=150)
+    for repo, path, text in iter_files(repos, roots): ...
 """
 import importlib.metadata
 import os
@@ -65,16 +65,16 @@ def source_text(src):
     return read_source(src)
 
 
-def iter_files(repos, stats=None):
-    """(repository, path in the repository, text) of every usable file; skipped ones are counted
-    in stats[reason]."""
+def iter_files(repos, roots=None, stats=None):
+    """(repository, path in the repository, text) of every usable file, the path relative to
+    roots[repository] when given, else to the parent of the files' common directory (a package's
+    files then read 'json/decoder.py'); skipped files are counted in stats[reason]."""
     stats = {} if stats is None else stats
     for repo in sorted(repos):
         entries = repos[repo]
         paths = [e for e in entries if not isinstance(e, tuple)]
-        root = os.path.commonpath([os.path.dirname(p) for p in paths]) if paths else ''
-        if len(paths) == 1:
-            root = os.path.dirname(root)
+        root = (roots or {}).get(repo) or \
+            (os.path.dirname(os.path.commonpath([os.path.dirname(p) for p in paths])) if paths else '')
         for e in entries:
             text, why = source_text(e)
             if text is None:
@@ -168,13 +168,15 @@ def read_exclusions(path):
 
 
 def load_corpus(inp, data_dir='data/debian', exclude='', skip_bad=False, **debian_settings):
-    """(repos, source, {repository: language or None}) for --input: 'debian', '' (this Python's
-    sources), a directory of repositories or a jsonl(.gz). exclude: a file of names to leave out."""
+    """(repos, source, {repository: language or None}, {repository: root directory}) for --input:
+    'debian', '' (this Python's sources), a directory of repositories or a jsonl(.gz); exclude: a
+    file of names to leave out. The roots (for iter_files) are known for 'debian' and a directory."""
     excluded = read_exclusions(exclude) if exclude else set()
     if inp == 'debian':
         from debian import debian_corpus
         repos, language_of = debian_corpus(data_dir, excluded=excluded, **debian_settings)
         source = f"debian source packages ({os.path.abspath(data_dir)}/manifest.json)"
+        roots = {r: os.path.join(data_dir, 'src', r) for r in repos}
     else:
         if not inp:
             repos, source = default_corpus(), "this Python installation's sources (the offline corpus)"
@@ -186,5 +188,6 @@ def load_corpus(inp, data_dir='data/debian', exclude='', skip_bad=False, **debia
             raise CorpusError(f"input {inp!r}: not found (expected 'debian', a directory of repositories or a "
                               f".jsonl(.gz) file)")
         repos = {r: v for r, v in repos.items() if r not in excluded and r.split('/')[-1] not in excluded}
-        language_of = {r: 'python' for r in repos} if not inp else {r: None for r in repos}
-    return repos, source, language_of
+        language_of = {r: 'python' if not inp else None for r in repos}
+        roots = {r: os.path.join(inp, r) for r in repos} if inp and os.path.isdir(inp) else {}
+    return repos, source, language_of, roots

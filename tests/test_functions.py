@@ -235,6 +235,8 @@ def test_first_paragraph_drops_markup_and_tags():
     assert F.first_paragraph('Calls :func:`os.path.join` on ``a``\nand `b`.\n\nMore.') == 'Calls os.path.join on a and b.'
     assert F.first_paragraph('See [the docs](http://x) for **all** of it\n@param x y') == 'See the docs for all of it'
     assert F.first_paragraph('Summary line.\nArgs:\n  x: y') == 'Summary line.'
+    assert F.first_paragraph('Encodes +data+ as _hex_ text.\n_stream_:: The data.') == 'Encodes data as hex text.'
+    assert F.first_paragraph('Keeps snake_case, __init__ and a + b + c.') == 'Keeps snake_case, __init__ and a + b + c.'
     assert F.strip_markers('/**\n   * One.\n   *\n   * Two.\n   */') == 'One.\n\nTwo.'
     assert F.strip_markers('// a\n// b') == 'a\nb' and F.strip_markers('# a\n# b\n#   c') == 'a\nb\n  c'
 

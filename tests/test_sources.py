@@ -218,12 +218,15 @@ def test_exclusion_list(tmp_path):
     for r in ('a', 'b'):
         os.makedirs(tmp_path / 'repos' / r)
         (tmp_path / 'repos' / r / 'm.py').write_text('x = 1\n')
-    repos, _, _ = sources.load_corpus(str(tmp_path / 'repos'), exclude=str(tmp_path / 'ex.txt'))
+    repos, _, _, _ = sources.load_corpus(str(tmp_path / 'repos'), exclude=str(tmp_path / 'ex.txt'))
     assert sorted(repos) == ['a', 'b']
     (tmp_path / 'ex2.txt').write_text('a\n')
-    repos, _, _ = sources.load_corpus(str(tmp_path / 'repos'), exclude=str(tmp_path / 'ex2.txt'))
+    os.makedirs(tmp_path / 'repos' / 'b' / 'sub')
+    (tmp_path / 'repos' / 'b' / 'sub' / 'n.py').write_text('y = 2\n')
+    repos, _, _, roots = sources.load_corpus(str(tmp_path / 'repos'), exclude=str(tmp_path / 'ex2.txt'))
     assert sorted(repos) == ['b']
-    assert [(r, p) for r, p, _ in sources.iter_files(repos)] == [('b', 'b/m.py')]
+    assert [(r, p) for r, p, _ in sources.iter_files(repos, roots)] == [('b', 'm.py'), ('b', 'sub/n.py')]
+    assert [p for _, p, _ in sources.iter_files(repos)] == ['b/m.py', 'b/sub/n.py']  # no roots: prepare's rule
 
 
 def test_machine_archives_reads_list_and_deb822(tmp_path):
@@ -269,9 +272,11 @@ def test_parse_sources_fields_and_build_helpers(tmp_path):
 
 
 def test_default_corpus_is_this_python(tmp_path):
-    repos, source, language_of = sources.load_corpus('')
+    repos, source, language_of, roots = sources.load_corpus('')
     assert 'offline' in source and 'stdlib' in repos and set(language_of.values()) == {'python'}
-    assert any(p.endswith('json/decoder.py') for p in repos['stdlib/json'])
+    assert any(p.endswith('json/decoder.py') for p in repos['stdlib/json']) and roots == {}
+    paths = [p for r, p, _ in sources.iter_files({'stdlib/json': repos['stdlib/json']})]
+    assert 'json/decoder.py' in paths  # the path prepare.py gives it today
     with pytest.raises(CorpusError, match="not found"):
         sources.load_corpus(str(tmp_path / 'nope'))
 
@@ -300,9 +305,9 @@ def test_offline_rerun_uses_the_last_update(tmp_path, monkeypatch, capsys):
 def test_load_corpus_debian_with_an_exclusion_list(tmp_path):
     indexes = make_archive(str(tmp_path))
     (tmp_path / 'ex.txt').write_text('gobar\n')
-    repos, source, language_of = sources.load_corpus('debian', data_dir=str(tmp_path / 'data'), exclude=str(
+    repos, source, language_of, roots = sources.load_corpus('debian', data_dir=str(tmp_path / 'data'), exclude=str(
         tmp_path / 'ex.txt'), indexes=indexes, languages=('python', 'go'), repos_per_language=3, jobs=1)
     assert language_of == {'pyfoo': 'python'} and 'manifest.json' in source
-    assert sorted(p for _, p, _ in sources.iter_files(repos)) == ['foo/core.py', 'foo/util.py', 'v.py']
+    assert sorted(p for _, p, _ in sources.iter_files(repos, roots)) == ['foo/core.py', 'foo/util.py', 'v.py']
     with pytest.raises(CorpusError, match="languages: unknown cobol"):
         debian.debian_corpus(str(tmp_path / 'data'), languages=('cobol',), indexes=indexes)
