@@ -342,8 +342,9 @@ def get_package(name, rec, data_dir, keep_tarball=False, timeout=60):
 # ----------------------------------------------------------------------------- the Debian corpus
 
 def read_index(data_dir, archives=None, indexes=None):
-    """{package: record} over the Sources indexes (the highest version where several list one).
-    indexes: [(Sources file, archive uri)] instead of a private `apt-get update`."""
+    """({package: record} over the Sources indexes (the highest version where several list one),
+    [(archive uri, index sha256)]). indexes: [(Sources file, archive uri)] instead of a private
+    `apt-get update`."""
     if indexes is None:
         indexes = apt_update(os.path.join(data_dir, 'apt'), machine_archives() if archives is None else archives)
     index = {}
@@ -351,7 +352,7 @@ def read_index(data_dir, archives=None, indexes=None):
         for name, rec in parse_sources(path, uri).items():
             if name not in index or version_key(rec['version']) > version_key(index[name]['version']):
                 index[name] = rec
-    return index
+    return index, [(uri, file_sha256(path)) for path, uri in indexes]
 
 
 def choose(index, languages, seed, max_package_bytes, excluded, skipped):
@@ -479,7 +480,7 @@ def debian_corpus(data_dir='data/debian', repos_per_language=150, bytes_per_lang
         old = None
     except ValueError as e:
         raise CorpusError(f"{mpath}: not a manifest ({e}); remove it to rebuild") from None
-    index = read_index(data_dir, archives, indexes)
+    index, used = read_index(data_dir, archives, indexes)
     skipped = {}
     settings = {'repos_per_language': repos_per_language, 'bytes_per_language': bytes_per_language,
                 'max_package_bytes': max_package_bytes, 'languages': list(languages), 'seed': seed,
@@ -493,7 +494,7 @@ def debian_corpus(data_dir='data/debian', repos_per_language=150, bytes_per_lang
                     'files': kept[n]['files'], 'bytes': kept[n]['bytes']} for n in sorted(kept)}
     _remove_stale(data_dir, packages)
     manifest = {'format': 'mose-debian-corpus', 'version': 1, 'created': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()),
-                'settings': settings, 'indexes': [u for _, u in indexes] if indexes else None,
+                'settings': settings, 'indexes': used,
                 'packages': packages, 'rejected': rejected, 'skipped': skipped,
                 'per_language': _per_language(packages, languages), 'seconds': time.time() - t0}
     if old:

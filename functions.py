@@ -91,18 +91,16 @@ def _name(node, src, language):
     return _text(n, src) if n is not None else ''
 
 
-def _anchor(node, language):
-    """The outermost node that starts the function's text (export, const, assignment statement),
-    whose preceding comment documents the function."""
-    a = node
-    while a.parent is not None and a.parent.type in ('export_statement', 'variable_declarator', 'lexical_declaration',
-                                                     'variable_declaration', 'assignment_expression',
-                                                     'expression_statement', 'pair', 'decorated_definition',
-                                                     'template_declaration'):
-        if a.parent.type == 'expression_statement' and language == 'python':
-            break
-        a = a.parent
-    return a
+_WRAPPERS = {'export_statement', 'variable_declarator', 'lexical_declaration', 'variable_declaration',
+             'assignment_expression', 'expression_statement', 'pair', 'template_declaration'}
+
+
+def _anchor(node):
+    """The outermost node that starts the function's text (export, const, an assignment statement,
+    a C++ template), whose preceding comment documents the function (not used for Python)."""
+    while node.parent is not None and node.parent.type in _WRAPPERS:
+        node = node.parent
+    return node
 
 
 def _text(node, src):
@@ -258,7 +256,7 @@ def functions(text, language):
             raw = src[node.start_byte:node.end_byte]
             code = _without_docstring(node, stmt, src) if stmt is not None else raw
         else:
-            anchor = _anchor(node, language)
+            anchor = _anchor(node)
             raw_doc = _doc_comment(anchor, comments, starts, src, language)
             doc = strip_markers(raw_doc) if raw_doc else ''
             if anchor.type in ('lexical_declaration', 'variable_declaration', 'expression_statement'):
