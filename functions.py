@@ -312,3 +312,14 @@ def pairs(text, language, path='', stats=None):
             continue
         out.append({'language': language, 'path': path, **f})
     return out
+
+
+def csn_row(pair, repo, partition, sha='', url=''):
+    """A pair as a row of CodeSearchNet's distributed jsonl (its fields, benchmarks.md). As there, a
+    Python row's code still holds its docstring (readers strip it), other languages' code has no
+    documentation, and docstring_tokens are the query's."""
+    from data import simple_tokens
+    return {'repo': repo, 'path': pair['path'], 'func_name': pair['qualname'], 'original_string': pair['original_string'],
+            'language': pair['language'], 'code': pair['original_string'], 'code_tokens': simple_tokens(pair['code']),
+            'docstring': pair['doc'], 'docstring_tokens': simple_tokens(pair['query']), 'sha': sha,
+            'partition': partition, 'url': url or f"local://{repo}/{pair['path']}#L{pair['line']}-L{pair['end_line']}"}

@@ -279,3 +279,25 @@ def test_a_doc_block_reaches_across_one_blank_line_a_line_comment_does_not():
     assert F.pairs(js.replace('\n\n', '\n\n\n'), 'javascript') == []  # two blank lines: not its documentation
     rb = '# Signs the request with the secret key.\n\ndef sign(req)\n  h = hmac(req)\n  h\nend\n'
     assert F.pairs(rb, 'ruby') == [] and len(F.pairs(rb.replace('\n\n', '\n'), 'ruby')) == 1
+
+
+@pytest.mark.parametrize('language', ['python', 'java', 'go'])
+def test_csn_rows_read_back_through_the_benchmark_loader(tmp_path, language):
+    """Rows written in CodeSearchNet's layout are read by data.load_codesearchnet (what evaluate.py
+    uses on the real benchmark) as the same query and code."""
+    import gzip
+    import json
+    from data import load_codesearchnet
+    text, _ = SNIPPETS[language]
+    pairs = F.pairs(text, language, path='x')
+    d = tmp_path / language / 'final' / 'jsonl' / 'test'
+    d.mkdir(parents=True)
+    with gzip.open(d / f'{language}_test_0.jsonl.gz', 'wt') as f:
+        for p in pairs:
+            f.write(json.dumps(F.csn_row(p, 'r', 'test')) + '\n')
+    rows = load_codesearchnet(str(d))
+    assert len(rows) == len(pairs) > 0
+    for r, p in zip(rows, pairs):
+        assert r['language'] == language and r['func_name'] == p['qualname'] and r['id'].startswith('local://r/x#L')
+        assert r['query'].split() == F.first_paragraph(p['doc']).replace('.', ' .').replace(',', ' ,').split()
+        assert ' '.join(r['code'].split()) == ' '.join(p['code'].split())
