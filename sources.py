@@ -65,22 +65,29 @@ def source_text(src):
     return read_source(src)
 
 
-def iter_files(repos, roots=None, stats=None):
-    """(repository, path in the repository, text) of every usable file, the path relative to
-    roots[repository] when given, else to the parent of the files' common directory (a package's
-    files then read 'json/decoder.py'); skipped files are counted in stats[reason]."""
-    stats = {} if stats is None else stats
+def file_tasks(repos, roots=None):
+    """[(repository, path in the repository, entry)] of every file, for workers that read them: the
+    path relative to roots[repository] when given, else to the parent of the files' common
+    directory (a package's files then read 'json/decoder.py', as prepare.py always named them)."""
+    tasks = []
     for repo in sorted(repos):
-        entries = repos[repo]
-        paths = [e for e in entries if not isinstance(e, tuple)]
+        paths = [e for e in repos[repo] if not isinstance(e, tuple)]
         root = (roots or {}).get(repo) or \
             (os.path.dirname(os.path.commonpath([os.path.dirname(p) for p in paths])) if paths else '')
-        for e in entries:
-            text, why = source_text(e)
-            if text is None:
-                stats[why] = stats.get(why, 0) + 1
-                continue
-            yield repo, e[0] if isinstance(e, tuple) else os.path.relpath(e, root), text
+        tasks += [(repo, e[0] if isinstance(e, tuple) else os.path.relpath(e, root), e) for e in repos[repo]]
+    return tasks
+
+
+def iter_files(repos, roots=None, stats=None):
+    """(repository, path in the repository, text) of every usable file (paths as file_tasks);
+    skipped files are counted in stats[reason]."""
+    stats = {} if stats is None else stats
+    for repo, rel, entry in file_tasks(repos, roots):
+        text, why = source_text(entry)
+        if text is None:
+            stats[why] = stats.get(why, 0) + 1
+        else:
+            yield repo, rel, text
 
 
 # ----------------------------------------------------------------------------- the other inputs

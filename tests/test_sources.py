@@ -227,6 +227,7 @@ def test_exclusion_list(tmp_path):
     assert sorted(repos) == ['b']
     assert [(r, p) for r, p, _ in sources.iter_files(repos, roots)] == [('b', 'm.py'), ('b', 'sub/n.py')]
     assert [p for _, p, _ in sources.iter_files(repos)] == ['b/m.py', 'b/sub/n.py']  # no roots: prepare's rule
+    assert sources.file_tasks(repos, roots)[1] == ('b', 'sub/n.py', str(tmp_path / 'repos' / 'b' / 'sub' / 'n.py'))
 
 
 def test_machine_archives_reads_list_and_deb822(tmp_path):
