@@ -390,10 +390,8 @@ if __name__ == '__main__':
     print0(f"{task}: {model.num_params() / 1e6:.1f}M backbone parameters, exits {exits}, "
            f"{sum(len(v) for v in streams.values()):,} training pairs")
 
-    def evaluate():
-        return validate(model, task, valid_rows, tok, max_len, batch_size, autocast, device, funcs, eval_max)
-
-    def report_eval(res):
+    def report_eval():
+        res = validate(model, task, valid_rows, tok, max_len, batch_size, autocast, device, funcs, eval_max)
         append_log(out_dir, {'step': step, 'eval': {str(e): r for e, r in res.items()}})
         print0(f"eval step {step}: " + ' | '.join(f"exit {e}: " + ' '.join(f"{k} {v:.4f}" for k, v in r.items())
                                                  for e, r in res.items()))
@@ -403,7 +401,7 @@ if __name__ == '__main__':
     if MASTER:
         truncate_log(os.path.join(out_dir, 'log.jsonl'), step)
     if step == 0:
-        report_eval(evaluate())
+        report_eval()
     t_log, step_logged, seen = time.time(), step, 0
     while step < max_steps:
         lr = lr_at(step, learning_rate, warmup_steps)
@@ -429,13 +427,13 @@ if __name__ == '__main__':
             dt = time.time() - t_log
             loss = sum(weights[e] * s[0] for e, s in zip(exits, st))
             append_log(out_dir, {'step': step, 'loss': loss, 'lr': lr, 'pairs_s': seen / dt,
-                 'exits': {str(e): {'loss': s[0], 'acc': s[1]} for e, s in zip(exits, st)}})
+                                 'exits': {str(e): {'loss': s[0], 'acc': s[1]} for e, s in zip(exits, st)}})
             per_exit = ' '.join(f"{e}:{s[0]:.3f}/{s[1]:.2f}" for e, s in zip(exits, st))
             print0(f"step {step}/{max_steps} | loss {loss:.4f} | exit:loss/acc {per_exit} | lr {lr:.2e} | "
                    f"{seen / dt:,.1f} pairs/s | eta {(max_steps - step) * dt / (step - step_logged) / 60:.1f}m")
             t_log, step_logged, seen = time.time(), step, 0
         if step % eval_interval == 0 or step == max_steps:
-            report_eval(evaluate())
+            report_eval()
         if step % ckpt_interval == 0 or step == max_steps:
             save_run(out_dir, step, model, optimizer, config, data_pos, tok, keep_last, device)
     if ddp:  # leave together: rank 0 may still be writing the last checkpoint

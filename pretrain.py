@@ -260,8 +260,8 @@ while step < max_steps:
         tok_s = tokens_since * world_size / dt
         mfu = flops_since / dt / peak if peak else float('nan')
         eta = (max_steps - step) * dt / (step - step_logged)
-        append_log(out_dir, {'step': step, 'loss': loss_val, 'lr': lr, 'tok_s': tok_s, 'mfu': mfu, 'grad_norm': float(norm),
-             'exits': {str(e): s for e, s in st.items()}})
+        append_log(out_dir, {'step': step, 'loss': loss_val, 'lr': lr, 'tok_s': tok_s, 'mfu': mfu,
+                             'grad_norm': float(norm), 'exits': {str(e): s for e, s in st.items()}})
         per_exit = ' '.join(f"{e}:{s['mlm_loss']:.2f}/{s['mlm_acc']:.2f}/{s['icc_acc']:.2f}" for e, s in st.items())
         print0(f"step {step}/{max_steps} | loss {loss_val:.4f} | exit:mlm/acc/icc_acc {per_exit} | lr {lr:.2e} | "
                f"{tok_s:,.0f} tok/s | mfu {100 * mfu:.1f}% | eta {eta / 3600:.1f}h")

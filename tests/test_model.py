@@ -475,6 +475,19 @@ def test_forward_reads_no_tensor_value_back(model):
     assert out[6].shape == (2, 4, 32) and m.encode(idx, 4).shape == (2, 32)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
+def test_forward_on_cuda_never_synchronises(model):
+    m, idx = copy.deepcopy(model).cuda(), torch.tensor([[0, 0, 5, 7], [1, 2, 3, 4]], device='cuda')
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode('error')  # any host-device synchronisation raises
+    try:
+        out = m(idx, [2, 6])
+        z = m.encode(idx, 4)
+    finally:
+        torch.cuda.set_sync_debug_mode('default')
+    assert out[6].shape == (2, 4, 32) and z.shape == (2, 32)
+
+
 def test_bad_token_id_in_a_batch():
     from training import left_pad as pad_batch
     with pytest.raises(ValueError, match=r"token id 100 is outside the vocabulary \[0, 100\)"):
