@@ -52,11 +52,15 @@ class MoSEConfig:
     exit_layers: tuple = (4, 9, 18, 27, 36)  # layers where losses / embeddings are taken (paper 2.2)
     conditional_size: int = 4        # width of the learned exit embedding concatenated before the heads
     pad_id: int = 0                  # padding token id (StarCoder-2's <|endoftext|>); pad keys are masked out
+    sep_id: int = 49152              # <sep> id (StarCoder-2's); pooling='text' averages what follows the last one
     final_norm: bool = True          # deepest exit passes through the final LayerNorm (False once truncated below it)
     proj_heads: bool = False         # one retrieval projection head per exit (paper 4.1)
     n_classes: int = 0               # >0: one classifier per exit on <cls> (clone detection, paper 4.2)
     pooling: str = 'cls'             # retrieval embedding: 'cls' = the final <cls> state (paper Fig. 2, the released
-                                     # models); 'mean' = the mean over real tokens (Sentence-BERT's default)
+                                     # models); 'mean' = the mean over real tokens (Sentence-BERT's default);
+                                     # 'text' = the mean over the text after the instruction (the tokens after
+                                     # the last <sep>): the instruction, the same in every input, is context
+                                     # the text attends to, not part of the average
 
     def __post_init__(self):
         self.exit_layers = tuple(int(e) for e in self.exit_layers)
@@ -71,8 +75,8 @@ class MoSEConfig:
             problems.append(f"exit_layers={list(self.exit_layers)} must be strictly increasing layers >= 1")
         elif self.exit_layers[-1] != self.n_layer:
             problems.append(f"the deepest exit ({self.exit_layers[-1]}) must be the last layer (n_layer={self.n_layer})")
-        if self.pooling not in ('cls', 'mean'):
-            problems.append(f"pooling={self.pooling!r} must be 'cls' or 'mean'")
+        if self.pooling not in ('cls', 'mean', 'text'):
+            problems.append(f"pooling={self.pooling!r} must be 'cls', 'mean' or 'text'")
         if problems:
             raise ValueError("MoSEConfig: " + "; ".join(problems))
 
@@ -414,17 +418,22 @@ class MoSE(nn.Module):
         return total, stats
 
     def encode(self, idx, exits, mask=None):
-        """L2-normalised embeddings (the final <cls> state, or the mean over real tokens with
-        config.pooling='mean'), through each exit's projection head when the model has them.
-        exits: an int (returns (B, C)) or a list (returns {exit: (B, C)}); a list costs one
+        """L2-normalised embeddings (the final <cls> state, or a mean of token states with
+        config.pooling 'mean' / 'text'), through each exit's projection head when the model has
+        them. exits: an int (returns (B, C)) or a list (returns {exit: (B, C)}); a list costs one
         forward to its deepest exit."""
         single = isinstance(exits, int)
         hs = self(idx, [exits] if single else exits, mask)
-        if self.config.pooling == 'mean':
-            w = (idx != self.config.pad_id if mask is None else mask).unsqueeze(-1)  # (B, T, 1)
+        if self.config.pooling != 'cls':
+            w = idx != self.config.pad_id if mask is None else mask               # (B, T)
+            if self.config.pooling == 'text':
+                pos = torch.arange(idx.shape[1], device=idx.device).expand_as(idx)  # (B, T)
+                last_sep = torch.where(idx == self.config.sep_id, pos, -1).amax(1, keepdim=True)  # (B, 1)
+                w = w & (pos > last_sep)
+            w = w.unsqueeze(-1)                                                  # (B, T, 1)
         out = {}
         for e, h in hs.items():
-            if self.config.pooling == 'mean':
+            if self.config.pooling != 'cls':
                 z = (h * w.to(h.dtype)).sum(1) / w.sum(1).clamp(min=1).to(h.dtype)  # (B, C)
             else:
                 z = h[:, -1]                                        # (B, C): the final <cls>

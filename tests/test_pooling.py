@@ -1,0 +1,53 @@
+"""The retrieval embedding's pooling: 'text' averages the token states after the last <sep>."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from model import MoSE, MoSEConfig
+from tokenizer import get_tokenizer
+from training import left_pad
+
+
+def tiny(pooling, tok):
+    torch.manual_seed(0)
+    return MoSE(MoSEConfig(vocab_size=tok.n_vocab, n_layer=2, n_embd=32, n_head=2, n_kv_head=1,
+                           intermediate_size=64, exit_layers=(1, 2), max_seq_len=64, attn_dropout=0.0,
+                           resid_dropout=0.0, embd_dropout=0.0, pad_id=tok.pad_id, sep_id=tok.sep_id,
+                           pooling=pooling, embed_std=1.0)).eval()
+
+
+def test_text_pooling_is_the_mean_after_the_instruction():
+    tok = get_tokenizer('cl100k_base')
+    seqs = [tok.query_input('open a socket and retry', 32), tok.code_input('def f(x):\n    return x + 1', 'python', 32),
+            tok.snippet('no instruction here', 32)]
+    idx = left_pad([torch.tensor(s).numpy() for s in seqs], tok.pad_id)    # (3, T), left-padded
+    model = tiny('text', tok)
+    with torch.no_grad():
+        z = model.encode(idx, [1, 2])
+        hs = model(idx, [1, 2])
+    for e in (1, 2):
+        for b, s in enumerate(seqs):
+            # the positions of the text in the unpadded sequence: after its last <sep>
+            start = max(i for i, t in enumerate(s) if t == tok.sep_id) + 1
+            offset = idx.shape[1] - len(s)
+            expected = F.normalize(hs[e][b, offset + start:].mean(0), dim=-1)
+            assert torch.allclose(z[e][b], expected, atol=1e-5)
+    # with an instruction, 'mean' (which averages it in) gives another vector
+    with torch.no_grad():
+        zm = tiny('mean', tok).encode(idx, 2)
+    assert not torch.allclose(z[2][0], zm[0], atol=1e-3)
+
+
+def test_text_pooling_ignores_left_padding():
+    tok = get_tokenizer('cl100k_base')
+    s = tok.query_input('parse a date string', 24)
+    model = tiny('text', tok)
+    with torch.no_grad():
+        alone = model.encode(torch.tensor([s]), 2)
+        padded = model.encode(left_pad([torch.tensor(s).numpy(), torch.tensor(s + s[1:]).numpy()[:30]], tok.pad_id), 2)
+    assert torch.allclose(alone[0], padded[0], atol=1e-5)
+
+
+def test_unknown_pooling_is_a_one_line_error():
+    with pytest.raises(ValueError, match="pooling='max' must be 'cls', 'mean' or 'text'"):
+        MoSEConfig(pooling='max')
