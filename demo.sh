@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 PRETRAIN_STEPS=${PRETRAIN_STEPS:-1000}
-FINETUNE_STEPS=${FINETUNE_STEPS:-300}
+FINETUNE_STEPS=${FINETUNE_STEPS:-200}
 t0=$(date +%s)
 stage() { printf '\n=== %s (%ds so far)\n' "$1" $(( $(date +%s) - t0 )); }
 
@@ -35,6 +35,6 @@ else
 fi
 
 stage "evaluate every exit on the held-out repositories (one forward for all exits), next to chance, BM25 and NBoW"
-$PY evaluate.py --exit=all --max_len=128
+$PY evaluate.py --exit=all --max_len=64
 
 stage "done"

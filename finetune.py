@@ -151,7 +151,8 @@ def finetune_model(init_from, tok, task, single_exit=0, proj_heads=True, dropout
     if single_exit:
         pre = pre.truncated(single_exit, keep_exits=[single_exit])
     cfg = replace(pre.config, proj_heads=task == 'retrieval' and proj_heads, n_classes=2 if task == 'clone' else 0,
-                  attn_dropout=dropout, resid_dropout=dropout, embd_dropout=dropout, pooling=pooling)
+                  attn_dropout=dropout, resid_dropout=dropout, embd_dropout=dropout, pooling=pooling,
+                  sep_id=tok.sep_id)
     model = MoSE(cfg)
     ours = model.state_dict()
     load_state(model, {k: v for k, v in pre.state_dict().items() if k in ours}, where='the pre-trained model', strict=False)
@@ -302,7 +303,8 @@ if __name__ == '__main__':
     single_exit = 0                  # > 0: keep the first K layers and train one head on exit K (paper 6.3)
     proj_heads = True                # one projection head per exit (paper 4.1); False: the pooled state is the embedding
     pooling = 'cls'                  # the embedding: 'cls' = the final <cls> state (paper, released models); 'mean' =
-                                     # the mean over real tokens (what a small model trained briefly needs: README)
+                                     # the mean over real tokens; 'text' = the mean over the text after the
+                                     # instruction (what a small model trained briefly needs: README)
     logit_scale = 10.0               # the paper's "temperature 10": cosine similarities x 10
     augment_prob = 0.3               # fraction of code snippets whose frequent words are renamed (paper 4.1)
     # optimiser (paper 4.1: constant 1e-5; 4.2: 1e-5 with 2,000 warmup steps, 14,000 steps)

@@ -139,7 +139,7 @@ def get_batch(split, first_row):
 
 # model: from scratch, the newest checkpoint of out_dir, or a released checkpoint (continued pre-training)
 model_args = {f.name: globals()[f.name] for f in fields(MoSEConfig) if f.name in globals()}
-model_args.update(vocab_size=tok.n_vocab, pad_id=tok.pad_id, max_seq_len=block_size)
+model_args.update(vocab_size=tok.n_vocab, pad_id=tok.pad_id, sep_id=tok.sep_id, max_seq_len=block_size)
 step, data_pos, ckpt, resume = 0, 0, {}, init_from == 'resume'
 try:
     if init_from == 'scratch':
