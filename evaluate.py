@@ -26,6 +26,7 @@ from baselines import bm25_scores, train_nbow
 from data import (atomic_open, load_bigclonebench, load_codesearchnet, load_codexglue_ct, load_poj104, read_pairs,
                   write_json)
 from metrics import map_at_r, mrr, mrr_at, ndcg_at, precision_recall_f1, ranked_candidates, target_ranks
+from significance import pooled, report as significance_report
 from stage import fail, make_dir, make_out_dir
 from tokenizer import get_tokenizer
 from training import UserError, autocast_context, check_model_tokenizer, left_pad, load_model
@@ -69,6 +70,18 @@ def parse_tasks(spec):
     if not names:
         raise UserError("--task is empty")
     return list(dict.fromkeys(names)), False
+
+
+def parse_significance(spec, tasks):
+    """'' -> None; 'csn' -> ('csn', ''): the per-exit tests on every csn query; 'csn/python' on one
+    language's; 'code-code' on the code-code pairs. The task must be among those run."""
+    task, _, group = spec.strip().lower().partition('/')
+    if not task:
+        return None
+    if task not in ('csn', 'code-code') or task not in tasks or (group and task != 'csn'):
+        raise UserError(f"--significance={spec!r}: expected csn, csn/<language> or code-code, "
+                        f"a retrieval task that runs (tasks: {', '.join(tasks)})")
+    return task, group
 
 
 # -----------------------------------------------------------------------------
@@ -265,9 +278,11 @@ def eval_ranked_batches(groups, inputs, encode, exits, baselines, candidates, pr
     codes of its batch. rank = number of candidates scoring >= the target; MRR = mean 1/rank,
     NDCG@10 with the target as the one relevant item, mrr@pred_top what a scorer reading the top
     pred_top predictions gives. inputs(rows) -> (query seqs, code seqs, ids). Returns (results,
-    {exit: {group: metrics}}, prediction lines, timing snippets)."""
-    res, per, lines, timing = {'exits': {}, 'languages': {}, 'baselines': {}}, {e: {} for e in exits}, \
-        {e: [] for e in exits}, None
+    {exit: {group: metrics}}, prediction lines, timing snippets); results['target_similarity'] is
+    {group: {exit: (n,) cosine of each query to its target}}, numpy arrays for significance.py that
+    the caller pops before writing results.json."""
+    res, per, lines, timing = {'exits': {}, 'languages': {}, 'baselines': {}, 'target_similarity': {}}, \
+        {e: {} for e in exits}, {e: [] for e in exits}, None
     for lang, rows in groups.items():
         batches = csn_batches(len(rows), candidates, seed=0)
         keep = np.concatenate(batches)
@@ -282,9 +297,12 @@ def eval_ranked_batches(groups, inputs, encode, exits, baselines, candidates, pr
         res['languages'][lang] = {'rows': len(groups[lang]), 'queries': len(rows), 'batches': len(batches),
                                   'candidates': len(batches[0])}
         for e in exits:
-            ranks, preds = retrieval_metrics(emb[e][:len(rows)], emb[e][len(rows):], batches, ids, pred_top)
+            zq, zc = emb[e][:len(rows)], emb[e][len(rows):]  # (n, D) each, query i's target is candidate i
+            ranks, preds = retrieval_metrics(zq, zc, batches, ids, pred_top)
             per[e][lang] = {'mrr': mrr(ranks), 'ndcg@10': ndcg_at(ranks, 10), f'mrr@{pred_top}': mrr_at(ranks, pred_top)}
             lines[e] += [json.dumps({'url': q, 'answers': a}) for q, a in preds]
+            # the diagonal of each batch's similarity matrix: query i against its target (significance.py)
+            res['target_similarity'].setdefault(lang, {})[e] = (zq * zc).sum(1).numpy()  # (n,)
         res['baselines'].setdefault('chance', {})[lang] = {'mrr': chance_mrr(batches)}
         for name, score in baselines.items():  # the same queries, candidates and batches
             ranks = baseline_ranks(score, [r['query'] for r in rows], [r['code'] for r in rows], batches)
@@ -581,6 +599,8 @@ if __name__ == '__main__':
     pred_top = 100                   # candidates per query in the csn / code-code / ct prediction files
     threshold = 0.5                  # bcb: a pair is a clone when p(clone) > threshold
     speed_batch = 64                 # snippets in the fixed timing set (per-exit snippets/s): those of median length
+    significance = ''                # 'csn', 'csn/<language>' or 'code-code': paired permutation tests of the
+                                     # similarity to the correct candidate between every two exits (paper Fig. 4)
     # output
     out_dir = 'out/eval'
     plot = True                      # tradeoff.png (needs matplotlib)
@@ -601,6 +621,7 @@ if __name__ == '__main__':
     try:
         dtype, _, autocast = autocast_context(device_type, dtype)
         tasks, lenient = parse_tasks(task)  # 'default' / 'all' skip a task whose data or model is absent
+        sig = parse_significance(significance, tasks)
     except UserError as e:
         fail(e)
     if device_type == 'cuda':
@@ -624,11 +645,17 @@ if __name__ == '__main__':
              ("; run `python prepare.py` first" if task == 'default' else ''))
     for t, why in skipped.items():
         note(f"skipping {t}: {why}")
+    if sig and (sig[0] not in data or sig[1] and sig[1] not in data[sig[0]]):
+        fail(f"--significance={significance}: no such data to test (tasks read: {', '.join(data)}"
+             + (f"; csn languages: {', '.join(data['csn'])})" if 'csn' in data else ')'))
 
     # models: one for the retrieval tasks, a clone classifier for bcb; then the baselines
     try:
         models = load_models(data, skipped, lenient, init_from, tokenizer, device)
         exit_sets = {kind: parse_exits(exit, m.config.exit_layers) for kind, (m, _, _) in models.items()}
+        if sig and len(exit_sets['retrieval']) < 2:
+            raise UserError(f"--significance compares exits: --exit={exit} selects {exit_sets['retrieval']}; "
+                            f"pass --exit=all or two or more")
     except (OSError, ValueError, UserError) as e:
         fail(e)
     baselines, floor_info = make_baselines(bm25, nbow and 'retrieval' in models,
@@ -663,6 +690,11 @@ if __name__ == '__main__':
             t0 = time.time()
             res, lines, snippets = run[t](data[t])
             timing = timing or snippets
+            target_sims = res.pop('target_similarity', None)
+            if sig and sig[0] == t:
+                res['significance'] = significance_report(
+                    pooled(target_sims, sig[1]), os.path.join(out_dir, f"significance_{t}.png"),
+                    f"{t}{'/' + sig[1] if sig[1] else ''}: similarity to the correct candidate, exit vs exit")
             res['predictions'] = {}
             for e in exits:
                 path = os.path.join(out_dir, 'predictions', f"{t}_exit{e}.{'txt' if t == 'bcb' else 'jsonl'}")
