@@ -6,7 +6,6 @@ enumerate every sign flip, within the binomial error of 10,000 random flips othe
 scipy's paired t; evaluate.py --significance runs as a subprocess on test_evaluate's tiny bench.
 """
 import json
-import os
 
 import numpy as np
 import pytest
