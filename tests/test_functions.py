@@ -265,6 +265,64 @@ def test_python_matches_the_ast_module_on_stdlib_files():
     assert n_doc > 100
 
 
+PREPARE_SOURCE = '''
+import os
+
+def documented(path, mode="r"):
+    """Open a file and return its first line.
+
+    More details that are not part of the query.
+    """
+    with open(path, mode) as f:
+        return f.readline()
+
+def test_something():
+    """Check that something works as expected."""
+    assert documented(__file__)
+    assert True
+
+class Reader:
+    def __init__(self, path):
+        """Create a reader for the given path."""
+        self.path = path
+        self.n = 0
+
+    def read_all(self):
+        """Read every line of the file into a list."""
+        with open(self.path) as f:
+            return f.readlines()
+
+    def short(self):
+        """Return the path of this reader."""
+        return self.path
+
+    def terse(self):
+        """Path."""
+        x = self.path
+        return x
+
+def undocumented(a):
+    b = a + 1
+    return b
+'''
+
+
+def test_the_filters_on_a_file_of_documented_and_undocumented_functions():
+    """What prepare.py's own Python extraction kept, tree-sitter keeps: test functions, dunder
+    methods, 2-line code and 1-word queries are left out; a file that does not parse yields no pair."""
+    funcs = F.functions(PREPARE_SOURCE, 'python')
+    by = {f['qualname']: f for f in funcs}
+    assert list(by) == ['documented', 'test_something', 'Reader.__init__', 'Reader.read_all', 'Reader.short',
+                        'Reader.terse', 'undocumented']
+    assert by['Reader.read_all']['original_string'].startswith('def read_all(self):\n    """Read')
+    assert by['documented']['line'] == 4 and by['documented']['end_line'] == 10
+    assert [f['qualname'] for f in funcs if F.csn_reason(f, 'python') is None] == ['documented', 'Reader.read_all']
+    assert by['documented']['query'] == 'Open a file and return its first line.'
+    assert by['documented']['code'].rstrip('\n') == \
+        'def documented(path, mode="r"):\n    with open(path, mode) as f:\n        return f.readline()'
+    assert F.pairs('def broken(:\n', 'python') == []
+
+
 def test_bad_input():
     with pytest.raises(ValueError, match="language 'cobol'"):
         F.functions('x', 'cobol')

@@ -115,66 +115,6 @@ def test_assign_splits_by_repository(seed):
     assert set(prepare.assign_splits({'a': 1, 'b': 1}, {'train': 0.95, 'val': 0.05}, seed).values()) == {'train', 'val'}
 
 
-# ----------------------------------------------------------------------------- functions (CodeSearchNet filters)
-
-SOURCE = '''
-import os
-
-def documented(path, mode="r"):
-    """Open a file and return its first line.
-
-    More details that are not part of the query.
-    """
-    with open(path, mode) as f:
-        return f.readline()
-
-def test_something():
-    """Check that something works as expected."""
-    assert documented(__file__)
-    assert True
-
-class Reader:
-    def __init__(self, path):
-        """Create a reader for the given path."""
-        self.path = path
-        self.n = 0
-
-    def read_all(self):
-        """Read every line of the file into a list."""
-        with open(self.path) as f:
-            return f.readlines()
-
-    def short(self):
-        """Return the path of this reader."""
-        return self.path
-
-    def terse(self):
-        """Path."""
-        x = self.path
-        return x
-
-def undocumented(a):
-    b = a + 1
-    return b
-'''
-
-
-def test_extract_functions_and_filters():
-    funcs = prepare.extract_functions(SOURCE)
-    by = {f['qualname']: f for f in funcs}
-    assert list(by) == ['documented', 'test_something', 'Reader.__init__', 'Reader.read_all', 'Reader.short',
-                        'Reader.terse', 'undocumented']
-    assert by['Reader.read_all']['original_string'].startswith('def read_all(self):\n    """Read')
-    assert by['documented']['lineno'] == 4 and by['documented']['end_lineno'] == 10
-    kept = [f['qualname'] for f in funcs if f['docstring'] and
-            prepare.csn_keep(f, data.strip_docstring(f['original_string']))]
-    assert kept == ['documented', 'Reader.read_all']  # test, dunder, 2-line, 1-word query dropped
-    assert prepare.first_paragraph(by['documented']['docstring']) == 'Open a file and return its first line.'
-    code = data.strip_docstring(by['documented']['original_string'])
-    assert code == 'def documented(path, mode="r"):\n    with open(path, mode) as f:\n        return f.readline()\n'
-    assert prepare.extract_functions('def broken(:\n') == []
-
-
 # ----------------------------------------------------------------------------- MinHash
 
 def test_minhash_signature_equals_datasketch():
@@ -410,7 +350,8 @@ def test_malformed_jsonl_corpus(tmp_path):
     assert m['stats']['files'] == 12 and m['stats']['repositories'] == 3
 
 
-@pytest.mark.parametrize('case', ['empty_dir', 'no_usable', 'missing_field', 'missing_input', 'bad_task'])
+@pytest.mark.parametrize('case', ['empty_dir', 'no_usable', 'missing_field', 'missing_input', 'bad_task',
+                                  'bad_languages'])
 def test_bad_corpus_errors(tmp_path, case):
     inp = tmp_path / 'in'
     if case == 'empty_dir':
@@ -426,9 +367,12 @@ def test_bad_corpus_errors(tmp_path, case):
         expect = 'in.jsonl:1: expected a repository field'
     elif case == 'missing_input':
         expect = 'not found'
+    elif case == 'bad_languages':
+        expect = "--languages='python,cobol': expected a comma-separated list of python, java"
     else:
         expect = "--task='nope': expected one of"
     args = [f'--input={inp}', f'--out_dir={tmp_path / "out"}', '--task=nope' if case == 'bad_task' else '--task=icc']
+    args += ['--languages=python,cobol'] if case == 'bad_languages' else []
     rc, so, se = run_prepare(*args)
     assert rc == 1 and expect in se and 'Traceback' not in se
     assert not list((tmp_path / 'out').rglob('*.tmp')) if (tmp_path / 'out').exists() else True
@@ -485,3 +429,73 @@ def test_icc_with_a_starcoder2_style_tokenizer(tmp_path):
     assert seq[0] == tok.sep_id == 1200 and seq[-1] == tok.cls_id and seq.max() < tok.n_vocab
     with pytest.raises(ValueError, match="built with another tokenizer: name is 'starcoder2' there"):
         data.load_icc(str(tmp_path / 'out'), 'train', tok_meta=get_tokenizer())
+
+
+# ----------------------------------------------------------------------------- several languages
+
+GO = '''package p{i}
+
+// {name} adds up the values of a slice and returns the total.
+func {name}(xs []int) int {{
+\t{a} := {i}
+\tfor _, {b} := range xs {{
+\t\t{a} += {b} * {c}
+\t}}
+\treturn {a}
+}}
+'''
+JAVA = '''package p{i};
+
+public class {name}Counter {{
+    /**
+     * Counts the words of a line of text, split at {{@code spaces}}.
+     * @param line the text
+     */
+    public int {name}(String line) {{
+        int {a} = {i};
+        for (String {b} : line.split("{c}")) {a}++;
+        return {a};
+    }}
+}}
+'''
+
+
+def distinct_names(rng, n):
+    """n random identifiers of 8 letters: functions that are not near-duplicates of each other."""
+    return [''.join(chr(97 + int(x)) for x in rng.integers(0, 26, 8)) for _ in range(n)]
+
+
+def test_several_languages_split_per_language(tmp_path):
+    """A directory of Python, Go and Java repositories: every language gets train, valid and test
+    repositories, its pairs carry its language, and the CodeSearchNet layout has a directory per
+    language that the benchmark loader reads."""
+    corpus, rng = tmp_path / 'corpus', np.random.default_rng(0)
+    for p in ('json', 'html', 'wsgiref', 'xmlrpc', 'urllib'):
+        shutil.copytree(os.path.join(STDLIB, p), corpus / p, ignore=shutil.ignore_patterns('__pycache__'))
+    for r in range(5):
+        for lang, ext, text in (('go', 'go', GO), ('java', 'java', JAVA)):
+            os.makedirs(corpus / f'{lang}{r}')
+            for i in range(3 + r):
+                name, a, b, c = distinct_names(rng, 4)
+                (corpus / f'{lang}{r}' / f'f{i}.{ext}').write_text(text.format(i=10 * r + i, name=name, a=a, b=b, c=c))
+    out = tmp_path / 'out'
+    rc, so, se = run_prepare(f'--input={corpus}', f'--out_dir={out}', '--task=retrieval', '--heldout_fraction=0.2',
+                             '--num_proc=2')
+    assert rc == 0, se
+    splits = json.load(open(out / 'splits.json'))['splits']
+    for lang in ('go', 'java'):
+        assert {splits[f'{lang}{r}'] for r in range(5)} == {'train', 'valid', 'test'}
+        assert f'split {lang}: ' in so
+    assert {splits[p] for p in ('json', 'html', 'wsgiref', 'xmlrpc', 'urllib')} == {'train', 'valid', 'test'}
+    for s in ('train', 'valid', 'test'):
+        rows = data.read_pairs(str(out / 'retrieval' / f'{s}.jsonl'))
+        for r in rows:
+            assert splits[r['repo']] == s
+            assert r['code_lang'] == {'go': 'go', 'ja': 'java'}.get(r['repo'][:2], 'python')
+        for lang in ('go', 'java'):
+            csn = data.load_codesearchnet(str(out / 'codesearchnet' / lang / 'final' / 'jsonl' / s))
+            assert csn and all(c['language'] == lang and splits[c['repo']] == s for c in csn)
+            assert sum(r['code_lang'] == lang and r['kind'] == 'text-code' for r in rows) == len(csn)
+    java = data.load_codesearchnet(str(out / 'codesearchnet' / 'java' / 'final' / 'jsonl' / 'train'))
+    assert java[0]['query'].startswith('Counts the words of a line of text') and '/**' not in java[0]['code']
+    assert not (out / 'codesearchnet' / 'ruby').exists()
