@@ -180,6 +180,7 @@ if __name__ == '__main__':
     eval_max_len = 0                 # tokens per input at evaluation; 0 = the fine-tuning max_len
     candidates = 1000                # csn batch size: 1 target among 999 distractors (evaluate.py)
     eval_batch_size = 64
+    eval_limit = 0                   # > 0: only the first N test rows of each language (a smoke run, not a result)
     n_boot = 10_000                  # bootstrap resamples of the queries
     # -------------------------------------------------------------------------
     _own = set(globals()) - _before - {'_before'}
@@ -206,6 +207,17 @@ if __name__ == '__main__':
         fail(e)
     del pre
     make_out_dir(out_dir)
+    # the runs of out_dir are of one set of settings: a rerun with others would mix them in one table
+    settings = {'init_from': init_from, 'finetune': passthrough, 'csn_dir': csn_dir, 'eval_max_len': eval_max_len,
+                'candidates': candidates, 'eval_limit': eval_limit}
+    settings_path = os.path.join(out_dir, 'settings.json')
+    if os.path.isfile(settings_path):
+        with open(settings_path) as f:
+            theirs = json.load(f)
+        if theirs != settings:
+            differ = ', '.join(k for k in settings if theirs.get(k) != settings[k])
+            fail(f"{out_dir} holds runs of other settings ({differ} differ): pass another --out_dir")
+    write_json(settings_path, settings)
     plan = run_plan(seed_list, exit_list)
     print(f"{len(plan)} runs from {where}: multi-exit and single-exit {exit_list}, seeds {seed_list}; "
           f"finetune.py {' '.join(passthrough)}", flush=True)
@@ -231,8 +243,8 @@ if __name__ == '__main__':
             run_logged([sys.executable, os.path.join(HERE, 'evaluate.py'), '--task=csn', f'--init_from={run_dir}',
                         f'--out_dir={eval_dir}', f'--exit={k or ",".join(map(str, exit_list))}',
                         f'--csn_dir={csn_dir}', f'--max_len={max_len}', f'--candidates={candidates}',
-                        f'--pred_top={candidates}', f'--batch_size={eval_batch_size}', '--bm25=false',
-                        '--nbow=false', '--plot=false'], os.path.join(run_dir, 'eval.log'))
+                        f'--pred_top={candidates}', f'--batch_size={eval_batch_size}', f'--limit={eval_limit}',
+                        '--bm25=false', '--nbow=false', '--plot=false'], os.path.join(run_dir, 'eval.log'))
             res = evaluated(eval_dir, step)
             t_spent, n_ran = t_spent + time.time() - t0, n_ran + 1
             status = f"done in {time.time() - t0:.0f}s"

@@ -91,7 +91,7 @@ def setup(tmp_path_factory):
                         intermediate_size=96, exit_layers=(2, 4), max_seq_len=128))
     save_checkpoint(str(d / 'pre'), 10, {'model': m.state_dict(), 'model_config': config_to_dict(m.config),
                                          'tokenizer': tok.meta(), 'step': 10}, keep_last=1)
-    rows = [{'kind': kind, 'query': f"def g{i}(a):\n    return a * {i}\n" if kind == 'code-code' else f"multiply by {i}",
+    rows = [{'kind': kind, 'query': f"def g{i}(a):\n    return a * {i}\n" if kind == 'code-code' else f"times {i}",
              'query_lang': 'python' if kind == 'code-code' else None, 'code': f"def h{i}(b):\n    return {i} * b\n",
              'code_lang': 'python', 'repo': 'r', 'id': f"{kind}-{i}"}
             for i in range(16) for kind in ('text-code', 'code-code')]
@@ -149,6 +149,10 @@ def test_end_to_end_table_json_and_rerun_skips(setup):
     assert r2.stdout.count('finished before: skipped') == 3
     assert {p: p.stat().st_mtime_ns for p in files} == before and len(files) == 6
     assert json.loads((d / 'abl' / 'ablation.json').read_text())['exits'] == ab['exits']
+    # other fine-tuning settings in the same out_dir: a one-line error, nothing run
+    r3 = ablate(d, max_steps=3)
+    assert r3.returncode != 0 and r3.stderr.strip().startswith('error: ') and len(r3.stderr.strip().splitlines()) == 1
+    assert 'finetune differ' in r3.stderr and {p: p.stat().st_mtime_ns for p in files} == before
 
 
 @pytest.mark.parametrize('kw,needle', [
