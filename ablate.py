@@ -70,14 +70,16 @@ def trained_step(run_dir):
     return ckpt['step'] if ckpt['step'] == ckpt.get('config', {}).get('max_steps') else None
 
 
-def evaluated(eval_dir, step):
-    """The results.json of eval_dir when it is of the checkpoint at `step`, else None."""
+def evaluated(eval_dir, step, exits):
+    """The results.json of eval_dir when it is of the checkpoint at `step` and holds csn at these exits, else None."""
     path = os.path.join(eval_dir, 'results.json')
     if not os.path.isfile(path):
         return None
     with open(path) as f:
         res = json.load(f)
-    return res if res.get('models', {}).get('retrieval', {}).get('step') == step else None
+    done = res.get('models', {}).get('retrieval', {}).get('step') == step and \
+        {str(e) for e in exits} <= set(res.get('tasks', {}).get('csn', {}).get('exits', {}))
+    return res if done else None
 
 
 def run_logged(cmd, log_path):
@@ -88,6 +90,34 @@ def run_logged(cmd, log_path):
         with open(log_path) as f:
             last = ([l.strip() for l in f if l.strip()] or ['(no output)'])[-1]
         fail(f"{' '.join(cmd[1:3])} ... exited with {rc}: {last} (log: {log_path})")
+
+
+def train_and_evaluate(run_dir, k, seed, exits, init_from, finetune_args, eval_args, eval_max_len=0):
+    """One run: finetune.py into run_dir (resumed when stopped midway; single_exit k, 0 = multi-exit),
+    then evaluate.py at `exits` into run_dir/eval; each step skipped when done before.
+    Returns (results.json, whether anything ran)."""
+    eval_dir = os.path.join(run_dir, 'eval')
+    step = trained_step(run_dir)
+    res = evaluated(eval_dir, step, exits) if step is not None else None
+    if res is not None:
+        return res, False
+    if step is None:
+        resume = bool(list_checkpoints(run_dir))
+        make_out_dir(run_dir)
+        run_logged([sys.executable, os.path.join(HERE, 'finetune.py'), *finetune_args, f'--out_dir={run_dir}',
+                    f'--init_from={"resume" if resume else init_from}', f'--seed={seed}', f'--single_exit={k}'],
+                   os.path.join(run_dir, 'finetune.log'))
+        step = trained_step(run_dir)
+        if step is None:
+            fail(f"finetune.py finished without its final checkpoint in {run_dir}")
+    max_len = eval_max_len or load_checkpoint(list_checkpoints(run_dir)[-1])['config']['max_len']
+    run_logged([sys.executable, os.path.join(HERE, 'evaluate.py'), '--task=csn', f'--init_from={run_dir}',
+                f'--out_dir={eval_dir}', f'--exit={",".join(map(str, exits))}', f'--max_len={max_len}', *eval_args],
+               os.path.join(run_dir, 'eval.log'))
+    res = evaluated(eval_dir, step, exits)
+    if res is None:
+        fail(f"evaluate.py wrote no results.json of step {step} at exits {exits} in {eval_dir}")
+    return res, True
 
 
 def per_query(res):
@@ -223,33 +253,17 @@ if __name__ == '__main__':
           f"finetune.py {' '.join(passthrough)}", flush=True)
 
     # run: fine-tune (or resume, or skip), then evaluate (or skip) each model; ETA from the runs done here
+    eval_args = [f'--csn_dir={csn_dir}', f'--candidates={candidates}', f'--pred_top={candidates}',
+                 f'--batch_size={eval_batch_size}', f'--limit={eval_limit}', '--bm25=false', '--nbow=false',
+                 '--plot=false']  # pred_top = candidates: every query's whole ranking, for Recall@1 and the bootstrap
     results, t_spent, n_ran = {}, 0.0, 0
     for i, (name, k, seed) in enumerate(plan):
-        run_dir, t0 = os.path.join(out_dir, name), time.time()
-        eval_dir = os.path.join(run_dir, 'eval')
-        step = trained_step(run_dir)
-        res = evaluated(eval_dir, step) if step is not None else None
-        if res is None:
-            if step is None:
-                resume = bool(list_checkpoints(run_dir))
-                make_out_dir(run_dir)
-                run_logged([sys.executable, os.path.join(HERE, 'finetune.py'), *passthrough, f'--out_dir={run_dir}',
-                            f'--init_from={"resume" if resume else init_from}', f'--seed={seed}',
-                            f'--single_exit={k}'], os.path.join(run_dir, 'finetune.log'))
-                step = trained_step(run_dir)
-                if step is None:
-                    fail(f"{name}: finetune.py finished without its final checkpoint in {run_dir}")
-            max_len = eval_max_len or load_checkpoint(list_checkpoints(run_dir)[-1])['config']['max_len']
-            run_logged([sys.executable, os.path.join(HERE, 'evaluate.py'), '--task=csn', f'--init_from={run_dir}',
-                        f'--out_dir={eval_dir}', f'--exit={k or ",".join(map(str, exit_list))}',
-                        f'--csn_dir={csn_dir}', f'--max_len={max_len}', f'--candidates={candidates}',
-                        f'--pred_top={candidates}', f'--batch_size={eval_batch_size}', f'--limit={eval_limit}',
-                        '--bm25=false', '--nbow=false', '--plot=false'], os.path.join(run_dir, 'eval.log'))
-            res = evaluated(eval_dir, step)
+        t0 = time.time()
+        res, ran = train_and_evaluate(os.path.join(out_dir, name), k, seed, [k] if k else exit_list, init_from,
+                                      passthrough, eval_args, eval_max_len)
+        if ran:
             t_spent, n_ran = t_spent + time.time() - t0, n_ran + 1
-            status = f"done in {time.time() - t0:.0f}s"
-        else:
-            status = "finished before: skipped"
+        status = f"done in {time.time() - t0:.0f}s" if ran else "finished before: skipped"
         try:
             results[name] = per_query(res)
         except (OSError, ValueError, KeyError, UserError) as e:
