@@ -52,7 +52,7 @@ def split_argv(argv, own):
         key = arg[2:].partition('=')[0] if arg.startswith('--') else None
         if key and '=' not in arg and argv and not argv[0].startswith('--'):
             arg = f"{arg}={argv.pop(0)}"
-        (mine if key in own else theirs).append(arg)
+        (mine if key in own or arg in ('--help', '-h') else theirs).append(arg)
     return mine, theirs
 
 

@@ -64,8 +64,8 @@ def test_compare_and_mean_std_against_numpy():
 
 def test_split_argv_sends_unknown_keys_and_files_to_finetune():
     mine, theirs = split_argv(['config/finetune_tiny.py', '--seeds=0,1', '--max_steps', '20', '--exits', '2',
-                               '--learning_rate=1e-3'], {'seeds', 'exits'})
-    assert mine == ['--seeds=0,1', '--exits=2']
+                               '--learning_rate=1e-3', '--help'], {'seeds', 'exits'})
+    assert mine == ['--seeds=0,1', '--exits=2', '--help']
     assert theirs == ['config/finetune_tiny.py', '--max_steps=20', '--learning_rate=1e-3']
 
 
