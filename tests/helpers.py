@@ -4,6 +4,7 @@ import os
 import sysconfig
 
 import numpy as np
+import torch
 
 from data import write_shard
 from tokenizer import get_tokenizer
@@ -24,11 +25,12 @@ def stdlib_sources(n, min_bytes=2000):
     return out
 
 
-def make_icc_dataset(out, n_train=48, n_val=16, max_len=64):
-    """An ICC dataset in prepare.py's format from real stdlib code: each sequence is
-    <sep> a <sep> b <cls> of two file chunks, label 1 when both come from one file."""
-    tok = get_tokenizer('cl100k_base')
-    files = [tok.encode(text) for _, text in stdlib_sources(24)]
+def make_icc_dataset(out, n_train=48, n_val=16, max_len=64, tok=None, texts=None):
+    """An ICC dataset in prepare.py's format from real stdlib code (or `texts`, with `tok`; default
+    cl100k): each sequence is <sep> a <sep> b <cls> of two file chunks, label 1 when both come from
+    one file."""
+    tok = tok or get_tokenizer('cl100k_base')
+    files = [tok.encode(text) for text in (texts or [text for _, text in stdlib_sources(24)])]
     rng = np.random.default_rng(0)
     half = (max_len - 3) // 2
 
@@ -62,3 +64,21 @@ def losses(out):
     """{step: loss} of a pre-training run's log.jsonl."""
     with open(os.path.join(out, 'log.jsonl')) as f:
         return {e['step']: e['loss'] for e in map(json.loads, f) if 'loss' in e}
+
+
+def randomize(module, seed=0):
+    """Random values everywhere (biases and LayerNorms too) so that parity tests mean something: at
+    the init's std 0.018 most of a block's output is its residual input, and errors hide."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.2 + (1.0 if 'norm' in name and name.endswith('weight') else 0.0))
+    return module
+
+
+def left_pad(rows, T, pad=0):
+    """Token-id lists -> (B, T) long tensor, left-padded with `pad` (rows given, T chosen by the test)."""
+    out = torch.full((len(rows), T), pad, dtype=torch.long)
+    for i, r in enumerate(rows):
+        out[i, T - len(r):] = torch.tensor(r)
+    return out

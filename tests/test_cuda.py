@@ -13,14 +13,11 @@ import os
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 import model as model_module
-from data import write_shard
-from helpers import stdlib_sources
+from helpers import left_pad, make_icc_dataset, randomize, stdlib_sources
 from model import MoSE, MoSEConfig, attention, config_to_dict
 from training import list_checkpoints, load_checkpoint, mask_tokens, save_checkpoint
 
@@ -51,21 +48,8 @@ def tiny_config(**kw):
     return MoSEConfig(**base)
 
 
-def randomize(module, seed=0):
-    """Random values everywhere (biases and LayerNorms too), as tests/test_model.py's parity tests:
-    at the init's std 0.018 most of a block's output is its residual input, and errors hide."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.2 + (1.0 if 'norm' in name and name.endswith('weight') else 0.0))
-    return module
 
 
-def left_pad(rows, T, pad=0):
-    out = torch.full((len(rows), T), pad, dtype=torch.long)
-    for i, r in enumerate(rows):
-        out[i, T - len(r):] = torch.tensor(r)
-    return out
 
 
 def padded_batch(seed=1, lengths=(16, 9, 3, 12), vocab=100):
@@ -298,36 +282,6 @@ def test_flash_training_forward_does_not_synchronise():
 # -----------------------------------------------------------------------------
 # the stages on CUDA: pretrain.py, finetune.py, torchrun with nccl
 
-def make_icc(tok, out, files, n_train=48, n_val=16, max_len=64):
-    """An ICC dataset in prepare.py's format (as tests/helpers.make_icc_dataset, with the tokenizer
-    given): <sep> a <sep> b <cls> of two file chunks, label 1 when both come from one file."""
-    files = [tok.encode(text) for text in files]
-    rng = np.random.default_rng(0)
-    half = (max_len - 3) // 2
-
-    def seqs(n, pool):
-        rows, labels = [], []
-        for i in range(n):
-            a = pool[rng.integers(len(pool))]
-            same = i % 2 == 0
-            b = a if same else pool[rng.integers(len(pool))]
-            sa, sb = rng.integers(0, len(a) - half), rng.integers(0, len(b) - half)
-            rows.append([tok.sep_id] + a[sa:sa + half] + [tok.sep_id] + b[sb:sb + half] + [tok.cls_id])
-            labels.append(int(same))
-        return rows, labels
-
-    os.makedirs(out, exist_ok=True)
-    splits, max_id = {}, 0
-    for split, n, pool in (('train', n_train, files[:18]), ('val', n_val, files[18:])):
-        rows, labels = seqs(n, pool)
-        write_shard(os.path.join(out, f'{split}_0000.bin'), rows, labels)
-        splits[split] = {'shards': [f'{split}_0000.bin'], 'sequences': n, 'tokens': sum(map(len, rows)),
-                         'positives': sum(labels)}
-        max_id = max(max_id, max(max(r) for r in rows))
-    with open(os.path.join(out, 'manifest.json'), 'w') as f:
-        json.dump({'format': 'mose-icc', 'version': 1, 'tokenizer': tok.meta(), 'max_len': max_len, 'seed': 0,
-                   'splits': splits, 'max_token_id': max_id}, f)
-    return out
 
 
 @pytest.fixture(scope='module')
@@ -338,7 +292,7 @@ def corpus(tmp_path_factory):
     root = tmp_path_factory.mktemp('cuda_corpus')
     sources = stdlib_sources(24)
     tok = train_bpe([text for _, text in sources], 512, str(root / 'tokenizer'))
-    icc = make_icc(tok, str(root / 'icc'), [text for _, text in sources])
+    icc = make_icc_dataset(str(root / 'icc'), tok=tok, texts=[text for _, text in sources])
     funcs = []
     for name, text in sources[:12]:
         for node in ast.walk(ast.parse(text)):

@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from helpers import left_pad, randomize
 from model import MoSE, MoSEConfig, attention, config_from_dict
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -20,20 +21,8 @@ def tiny_config(**kw):
     return MoSEConfig(**base)
 
 
-def randomize(module, seed=0):
-    """Random values everywhere (biases and LayerNorms too) so that parity tests mean something."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.2 + (1.0 if 'norm' in name and name.endswith('weight') else 0.0))
-    return module
 
 
-def left_pad(rows, T, pad=0):
-    out = torch.full((len(rows), T), pad, dtype=torch.long)
-    for i, r in enumerate(rows):
-        out[i, T - len(r):] = torch.tensor(r)
-    return out
 
 
 # -----------------------------------------------------------------------------
