@@ -26,6 +26,7 @@ import numpy as np
 
 from data import atomic_open, write_json
 from evaluate import format_table
+from metrics import mrr
 from stage import fail, make_out_dir
 from training import UserError, list_checkpoints, load_checkpoint, load_model
 
@@ -133,7 +134,7 @@ def per_query(res):
             r = np.asarray(ranks[start:start + info['queries']], dtype=np.float64)
             start += info['queries']
             key = f'mrr/{lang}' if f'mrr/{lang}' in csn['exits'][e] else 'mrr'
-            if not np.isclose((1 / r).mean(), csn['exits'][e][key]):
+            if not np.isclose(mrr(r), csn['exits'][e][key]):
                 raise UserError(f"{path}: the ranks of its predictions do not give results.json's {key}")
             out[int(e)][lang] = (1 / r, (r == 1).astype(np.float64))
     return out
