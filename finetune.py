@@ -34,8 +34,8 @@ from model import MoSE, load_state
 from stage import MASTER, fail, make_out_dir, print0
 from tokenizer import get_tokenizer
 from training import (EpochSampler, Objective, UserError, all_reduce_sum, append_log, autocast_context,
-                      check_model_tokenizer, left_pad, list_checkpoints, load_model, lr_at, micro_batch_start, rng_state,
-                      save_run, set_rng_state, setup_distributed, truncate_log)
+                      check_model_tokenizer, leave_distributed, left_pad, list_checkpoints, load_model, lr_at,
+                      micro_batch_start, rng_state, save_run, set_rng_state, setup_distributed, truncate_log)
 
 WORD = re.compile(r'\b[A-Za-z_][A-Za-z0-9_]*\b')
 
@@ -438,6 +438,6 @@ if __name__ == '__main__':
             report_eval()
         if step % ckpt_interval == 0 or step == max_steps:
             save_run(out_dir, step, model, optimizer, config, data_pos, tok, keep_last, device)
-    if ddp:  # leave together: rank 0 may still be writing the last checkpoint
-        dist.barrier()
-        dist.destroy_process_group()
+    if ddp:
+        del objective  # the DDP wrapper holds the process group
+        leave_distributed()

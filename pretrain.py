@@ -26,7 +26,7 @@ from model import EXIT_STATS, MoSE, MoSEConfig
 from stage import MASTER, fail, make_out_dir, print0
 from tokenizer import get_tokenizer
 from training import (EpochSampler, Objective, UserError, all_reduce_sum, append_log, autocast_context,
-                      check_model_tokenizer, left_pad, list_checkpoints, load_model, lr_at, mask_tokens,
+                      check_model_tokenizer, leave_distributed, left_pad, list_checkpoints, load_model, lr_at, mask_tokens,
                       micro_batch_start, peak_flops, save_run, set_rng_state, setup_distributed, truncate_log)
 
 # -----------------------------------------------------------------------------
@@ -281,6 +281,6 @@ while step < max_steps:
                f"{time.process_time() - cpu_start:.0f}s CPU")
         break
 
-if ddp:  # leave together: rank 0 may still be writing the last checkpoint
-    torch.distributed.barrier()
-    torch.distributed.destroy_process_group()
+if ddp:
+    del objective  # the DDP wrapper holds the process group
+    leave_distributed()

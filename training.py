@@ -6,6 +6,7 @@ model loader of the three stages (evaluate.py too).
 """
 import contextlib
 import functools
+import gc
 import glob
 import json
 import os
@@ -40,6 +41,16 @@ def setup_distributed(device):
         torch.cuda.set_device(device)
     dist.init_process_group(backend='nccl' if device.startswith('cuda') else 'gloo')
     return True, rank, local_rank, world, device
+
+
+def leave_distributed():
+    """The end of a DDP run: every rank waits for rank 0's last checkpoint, then the process group goes.
+    The caller deletes its DDP wrapper first: while the wrapper's reducer holds the gloo group, the
+    group outlives destroy_process_group and its threads are torn down at interpreter exit, where
+    gloo can abort ('terminate called without an active exception') after a run that succeeded."""
+    gc.collect()
+    dist.barrier()
+    dist.destroy_process_group()
 
 
 def all_reduce_sum(t):
