@@ -595,6 +595,10 @@ class MoSE(nn.Module):
         if missing:
             raise ValueError(f"{path}: backbone tensors missing under prefix {prefix!r}: {missing[:5]}"
                              f"{' ...' if len(missing) > 5 else ''}")
+        heads = [k for k in ours if k.split('.')[0] in ('proj', 'classifier') and k not in mapped]
+        if heads:  # config.json declares them (projection_heads, n_classes): left at init they would give noise
+            raise ValueError(f"{path}: config.json declares per-exit heads whose tensors are absent: {heads[:3]}"
+                             f"{' ...' if len(heads) > 3 else ''}")
         load_state(model, {k: v.to(dtype) for k, v in mapped.items()}, where=path, strict=False)
         if verbose:
             print(f"from_pretrained: prefix {prefix!r}, {len(mapped)} tensors loaded")
@@ -653,7 +657,11 @@ def config_from_hf(hf, where='config.json'):
         init_std=hf.get('initializer_range', 0.02),
         exit_layers=tuple(hf.get('matryoshka_layers') or (n_layer,)),
         conditional_size=hf.get('conditional_size', 4),
-        pad_id=hf['pad_token_id'] if hf.get('pad_token_id') is not None else 0)
+        pad_id=hf['pad_token_id'] if hf.get('pad_token_id') is not None else 0,
+        # what export.py adds to the Starcoder2 fields (a released config has none of them: the defaults)
+        sep_id=hf['sep_token_id'] if hf.get('sep_token_id') is not None else MoSEConfig.sep_id,
+        pooling=hf.get('pooling', 'cls'), final_norm=bool(hf.get('final_norm', True)),
+        proj_heads=bool(hf.get('projection_heads', False)), n_classes=int(hf.get('n_classes', 0)))
 
 
 def load_state(model, sd, where='checkpoint', strict=True):
