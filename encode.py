@@ -13,6 +13,7 @@ L2-normalised float32; TextEncoder.encode takes sentence-transformers' arguments
 something here (batch_size, show_progress_bar, convert_to_tensor), and encode_queries /
 encode_corpus follow the BEIR / MTEB retrieval interface.
 """
+import contextlib
 import hashlib
 import json
 import os
@@ -42,11 +43,13 @@ def text_inputs(tok, texts, kind, language, max_len):
 
 @torch.inference_mode()
 def encode_ids(model, seqs, exit, batch_size=32, autocast=None, progress=False):
-    """Token lists -> (N, C) float32 numpy embeddings at `exit`, in the order given. Batches are cut
-    from the sequences sorted longest first: little padding, and an out-of-memory shows at once."""
+    """Token lists -> (N, C) float32 numpy embeddings at `exit`, in the order given; a list of exits
+    gives {exit: (N, C)} from one forward to the deepest. Batches are cut from the sequences sorted
+    longest first: little padding, and an out-of-memory shows at once."""
     cfg, dev = model.config, next(model.parameters()).device
+    exits = [exit] if isinstance(exit, int) else list(exit)
     order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
-    out = np.empty((len(seqs), cfg.n_embd), dtype=np.float32)
+    out = {e: np.empty((len(seqs), cfg.n_embd), dtype=np.float32) for e in exits}
     was_training = model.training
     model.eval()
     with tqdm(total=len(seqs), desc=f"encode exit {exit}", unit='text', disable=not progress, delay=5,
@@ -54,17 +57,19 @@ def encode_ids(model, seqs, exit, batch_size=32, autocast=None, progress=False):
         for s in range(0, len(order), batch_size):
             ids = order[s:s + batch_size]
             idx = left_pad([np.asarray(seqs[i]) for i in ids], cfg.pad_id, vocab_size=cfg.vocab_size)  # (B, T)
-            with autocast if autocast is not None else torch.autocast(dev.type, enabled=False):
-                z = model.encode(idx.to(dev), exit)                                                   # (B, C)
-            out[ids] = z.float().cpu().numpy()
+            with autocast or contextlib.nullcontext():
+                z = model.encode(idx.to(dev), exits)                                                  # {e: (B, C)}
+            for e in exits:
+                out[e][ids] = z[e].float().cpu().numpy()
             bar.update(len(ids))
     model.train(was_training)
-    return out
+    return out[exit] if isinstance(exit, int) else out
 
 
 def encode_texts(model, tok, texts, exit, kind='code', language=None, batch_size=32, max_len=None, autocast=None,
                  progress=False):
-    """Strings -> (N, C) L2-normalised float32 numpy embeddings at `exit`. kind: 'code' (the code
+    """Strings -> (N, C) L2-normalised float32 numpy embeddings at `exit` (a list: {exit: (N, C)}, one
+    forward). kind: 'code' (the code
     instruction of `language`, one name or one per text) or 'query' (the description instruction);
     max_len: tokens per input, instruction and <cls> included (default: the model's max_seq_len);
     autocast: a context such as training.autocast_context(...)[2] (default float32)."""

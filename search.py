@@ -28,6 +28,7 @@ from data import atomic_open
 from encode import encode_ids, load_encoder, text_inputs
 from functions import LANGUAGE_OF_EXT, functions, language_of
 from stage import fail
+from tokenizer import check_tokenizer
 from training import UserError
 
 FORMAT, VERSION = 'mose-search-index', 1
@@ -152,8 +153,8 @@ def shown_path(root, rel):
 
 
 if __name__ == '__main__':
-    try:
-        command, arg, settings = parse_argv(sys.argv[1:])
+    try:  # underscored: not settings of the configurator
+        _command, _arg, _settings = parse_argv(sys.argv[1:])
     except UserError as e:
         fail(e)
     init_from = ''                   # model: checkpoint file, training out_dir or export.py dir; '' = index:
@@ -169,17 +170,17 @@ if __name__ == '__main__':
     dtype = 'float32'                # or bfloat16 (autocast)
     threads = 0                      # CPU threads for torch; 0 = torch's default
     # -------------------------------------------------------------------------
-    sys.argv = [sys.argv[0]] + settings  # the configurator reads what follows the command and its argument
+    sys.argv = [sys.argv[0]] + _settings  # the configurator reads what follows the command and its argument
     exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())  # -> config
     # -------------------------------------------------------------------------
     if threads > 0:
         torch.set_num_threads(threads)
     system = f"{device} {dtype}" + (f", {torch.get_num_threads()} threads" if device == 'cpu' else '')
 
-    if command == 'index':
+    if _command == 'index':
         # what to index, the model, and the old index whose unchanged files need no new embedding
         try:
-            files = source_files(arg, [p for p in exclude.split(',') if p])
+            files = source_files(_arg, [p for p in exclude.split(',') if p])
             t0 = time.perf_counter()
             enc = load_encoder(init_from or 'out/finetune-retrieval', exit, tokenizer, device, dtype)
             load_s = time.perf_counter() - t0
@@ -191,17 +192,18 @@ if __name__ == '__main__':
             try:
                 old = read_index(index)
                 m = old[1]
-                if (m['model']['fingerprint'], m['exit'], m['max_len']) != (enc.fingerprint, enc.exit, L):
+                if (m['model']['fingerprint'], m['exit'], m['max_len'], m['tokenizer'].get('bpe_sha256')) != \
+                        (enc.fingerprint, enc.exit, L, enc.tok.meta()['bpe_sha256']):
                     old, why = None, f"{index} was built by another model, exit or max_len: every file is embedded"
             except UserError as e:
                 old, why = None, f"{e}: every file is embedded"
         if why:
             print(f"note: {why}")
-        vectors, names, records, st = build(arg, files, enc, old, L, batch_size)
+        vectors, names, records, st = build(_arg, files, enc, old, L, batch_size)
         if not names:
-            fail(f"{arg}: {len(files)} source files but no named function in them")
+            fail(f"{_arg}: {len(files)} source files but no named function in them")
         removed = len(set(old[1]['files']) - set(records)) if old else 0
-        meta = {'format': FORMAT, 'version': VERSION, 'root': os.path.abspath(arg), 'exit': enc.exit, 'max_len': L,
+        meta = {'format': FORMAT, 'version': VERSION, 'root': os.path.abspath(_arg), 'exit': enc.exit, 'max_len': L,
                 'model': {'init_from': os.path.abspath(init_from or 'out/finetune-retrieval'), 'where': enc.where,
                           'fingerprint': enc.fingerprint},
                 'tokenizer': enc.tok.meta(), 'files': records, 'functions': names}
@@ -209,7 +211,7 @@ if __name__ == '__main__':
             write_index(index, vectors, meta)
         except OSError as e:
             fail(f"{index}: cannot write the index ({e.strerror or e})")
-        print(f"index {arg} at exit {enc.exit} ({enc.where}, {system}): {len(records):,} files "
+        print(f"index {_arg} at exit {enc.exit} ({enc.where}, {system}): {len(records):,} files "
               f"({st['unchanged']:,} unchanged, {st['embedded']:,} new or changed, {removed:,} removed"
               + (f", {st['unreadable']} unreadable" if st['unreadable'] else '') + f"), {len(names):,} functions")
         rate = f", {st['functions'] / st['embed_s']:,.1f} functions/s" if st['functions'] else ''
@@ -231,12 +233,13 @@ if __name__ == '__main__':
                 raise UserError(f"{index} was built by another model ({meta['model']['where']}) than {enc.where} "
                                 f"(weights or settings differ at exit {meta['exit']}): query with the model it was "
                                 f"built with, or re-index with this one")
-        except UserError as e:
+            check_tokenizer(meta['tokenizer'], enc.tok, index)
+        except (UserError, ValueError) as e:
             fail(e)
         times = []
         for _ in range(2):  # the first call pays for the kernels' start; the second is a warm query's cost
             t0 = time.perf_counter()
-            q = enc.encode(arg, kind='query', max_len=meta['max_len'])  # (C,)
+            q = enc.encode(_arg, kind='query', max_len=meta['max_len'])  # (C,)
             times.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         scores = vectors @ q                                              # (N,) cosine similarities

@@ -148,6 +148,9 @@ def test_encode_order_and_batching(setup):
         np.testing.assert_allclose(enc.encode(texts, bs, kind='code', language='python'), one, atol=1e-6)
     per_text = enc.encode(texts[:3], kind='code', language=['python', 'python', 'go'])
     np.testing.assert_allclose(per_text[:2], one[:2], atol=1e-6)
+    both = encode_texts(load_encoder(setup['ckpt']['a'], 2).model, setup['tok'], texts, [1, 2], 'code', 'python')
+    np.testing.assert_allclose(both[1], one, atol=1e-6)  # a list of exits: one forward, the same vectors
+    assert not np.allclose(both[2], one)
     t = enc.encode_queries([QUERY, 'copy'], convert_to_tensor=True)
     assert isinstance(t, torch.Tensor) and t.shape == (2, 128)
     with pytest.raises(ValueError, match='language'):
