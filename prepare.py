@@ -14,6 +14,7 @@ Prepare the data of every stage: ICC pre-training shards, fine-tuning pairs, clo
 Writes under out_dir (formats in data.py): icc/ (paper 2.1), retrieval/{train,valid,test}.jsonl, the same functions
 in codesearchnet/{language}/ and bigclonebench/ layouts, synthconl/; splits by repository per language (splits.json).
 """
+import functools
 import hashlib
 import json
 import multiprocessing as mp
@@ -27,6 +28,7 @@ from tqdm import tqdm
 import functions
 import sources
 from debian import LANGUAGES
+from decontaminate import drop_heldout_near_duplicates
 from dedup import minhash_dedup, minhash_signatures, near_duplicate_groups
 from sources import SOURCE_EXTS, file_tasks, source_text
 from stage import fail, make_dir, print0
@@ -275,7 +277,8 @@ def function_groups(funcs, dedup_threshold, num_proc):
     """Exact duplicates (whitespace-normalised) form groups; MinHash runs on one member of each
     group of >= 3 lines and 100-20,000 characters. Returns {'reps': members of each group,
     'gid': group of each function, 'ok': the groups hashed, 'sig': their signatures, 'near':
-    (group, group, Jaccard) near-duplicate pairs, 'comp': the near-duplicate component of each group}."""
+    (group, group, Jaccard) near-duplicate pairs, 'comp': the near-duplicate component of each group}
+    (clean_functions adds 'rep': the first member of each group that is kept)."""
     group_of, reps, gid = {}, [], []
     for k, f in enumerate(funcs):
         key = hashlib.sha1(f"{f['language']}\0{normalized(f['original_string'])}".encode()).digest()
@@ -304,29 +307,43 @@ def function_groups(funcs, dedup_threshold, num_proc):
             'comp': [find(g) for g in range(len(reps))]}
 
 
+def clean_functions(repos, roots, fn_languages, split_of, funcs, dedup_threshold, num_proc):
+    """The functions of the corpus (collected here when None), their groups (function_groups) and
+    'where': each function's split, or None where it is left out (decontaminate.py): a held-out
+    copy or near-duplicate of a training function. Also the 'record' of it for the manifests.
+    Every stage that is rebuilt uses this one result."""
+    funcs = collect_functions(repos, roots, fn_languages, num_proc) if funcs is None else funcs
+    groups = function_groups(funcs, dedup_threshold, num_proc)
+    where = [split_of[f['repo']] for f in funcs]
+    heldout = drop_heldout_near_duplicates(funcs, groups, where)
+    print0(f"heldout: dropped {heldout['valid']:,} valid and {heldout['test']:,} test functions, copies or "
+           f"near-duplicates (Jaccard >= {dedup_threshold}) of a training function")
+    groups['rep'] = [next((k for k in members if where[k]), None) for members in groups['reps']]  # first one kept
+    return {'funcs': funcs, 'groups': groups, 'where': where, 'record': {'heldout_near_duplicates': heldout}}
+
+
 def local_url(f):
     return f"local://{f['repo']}/{f['path']}#L{f['line']}-L{f['end_line']}"
 
 
-def text_code_pairs(funcs, groups, split_of):
+def text_code_pairs(funcs, groups, where):
     """CodeSearchNet's way: per split, (text-code pairs, the same functions as CodeSearchNet rows).
     Documented functions; query = the first paragraph of the documentation, code = the function
     without it; CodeSearchNet's filters (functions.csn_reason); one function per near-duplicate
-    component."""
+    component; where[k]: the split of function k, None if it is left out."""
     from data import pair_row
     pairs, csn, seen = {s: [] for s in SPLITS}, {s: [] for s in SPLITS}, set()
     for k, f in enumerate(funcs):
-        comp = groups['comp'][groups['gid'][k]]
-        if functions.csn_reason(f, f['language']) is not None or comp in seen:
+        comp, s = groups['comp'][groups['gid'][k]], where[k]
+        if s is None or functions.csn_reason(f, f['language']) is not None or comp in seen:
             continue
         seen.add(comp)
-        s = split_of[f['repo']]
         pairs[s].append(pair_row('text-code', f['query'], None, f['code'], f['language'], f['repo'], local_url(f)))
         csn[s].append(functions.csn_row(f, f['repo'], s, f['sha'], local_url(f)))
     return pairs, csn
 
 
-def code_code_pairs(funcs, groups, split_of, rng):
+def code_code_pairs(funcs, groups, where, rng):
     """Per split, pairs of real functions that are near-duplicates of each other but not the same
     text once documentation is removed (vendored copies in other versions, "Copied from" code, ports,
     overrides in sibling classes), like SynthCoNL's "same task, different code" pairs. Both have the
@@ -335,10 +352,12 @@ def code_code_pairs(funcs, groups, split_of, rng):
     first), so a cluster of look-alikes does not fill a batch with false negatives. Returns
     (pairs, the number dropped because their functions lie in two splits)."""
     from data import pair_row
-    reps, pairs, dropped, used = groups['reps'], {s: [] for s in SPLITS}, 0, set()
+    rep, pairs, dropped, used = groups['rep'], {s: [] for s in SPLITS}, 0, set()
     for a, b, jac in sorted(groups['near'], key=lambda x: -x[2]):
-        fa, fb = funcs[reps[a][0]], funcs[reps[b][0]]
-        if split_of[fa['repo']] != split_of[fb['repo']]:
+        if rep[a] is None or rep[b] is None:
+            continue
+        (fa, fb), split = (funcs[rep[a]], funcs[rep[b]]), where[rep[a]]
+        if split != where[rep[b]]:
             dropped += 1
             continue
         if a in used or b in used or fa['name'] != fb['name']:
@@ -349,12 +368,12 @@ def code_code_pairs(funcs, groups, split_of, rng):
         if rng.random() < 0.5:
             fa, fb, ca, cb = fb, fa, cb, ca
         used.update((a, b))
-        pairs[split_of[fa['repo']]].append(pair_row('code-code', ca, fa['language'], cb, fb['language'], fa['repo'],
-                                                    f"{local_url(fa)}|{local_url(fb)}"))
+        pairs[split].append(pair_row('code-code', ca, fa['language'], cb, fb['language'], fa['repo'],
+                                     f"{local_url(fa)}|{local_url(fb)}"))
     return pairs, dropped
 
 
-def write_retrieval(out_dir, text_code, code_code, csn, split_of, settings):
+def write_retrieval(out_dir, text_code, code_code, csn, split_of, settings, record):
     """retrieval/{split}.jsonl and, for each CodeSearchNet language with pairs, its layout
     (codesearchnet/{language}/final/jsonl/{split}/{language}_{split}_0.jsonl.gz; C/C++ pairs are in
     the pairs files only), then retrieval/manifest.json (last)."""
@@ -382,46 +401,47 @@ def write_retrieval(out_dir, text_code, code_code, csn, split_of, settings):
         print0(f"retrieval {s}: {len(text_code[s]):,} text-code + {len(code_code[s]):,} code-code pairs, "
                f"{sum(1 for r in split_of.values() if r == s)} repositories; text-code "
                + ', '.join(f"{k} {v:,}" for k, v in sorted(per.items())))
-    write_json(os.path.join(rdir, 'manifest.json'), {'format': 'mose-pairs', 'settings': settings, 'counts': counts})
+    write_json(os.path.join(rdir, 'manifest.json'), {'format': 'mose-pairs', 'settings': settings, 'counts': counts,
+                                                     **record})
     return counts
 
 
-def clone_pairs(funcs, groups, split_of, rng):
+def clone_pairs(funcs, groups, where, rng):
     """Per split, BigCloneBench-style (function, function, label) rows, balanced 1:1: positives are
     near-duplicate pairs (each function in at most 3) plus identical copies in different files (at
     most 3 pairs per group); negatives random pairs of the same split and language whose estimated
     Jaccard is below 0.3, from two near-duplicate components."""
-    reps, ok, sig, comp = groups['reps'], groups['ok'], groups['sig'], groups['comp']
-    split = lambda k: split_of[funcs[k]['repo']]
+    reps, ok, sig, comp, rep = groups['reps'], groups['ok'], groups['sig'], groups['comp'], groups['rep']
+    split = lambda k: where[k]
     pos, n_pos = {s: [] for s in SPLITS}, {}
     for a, b, jac in sorted(groups['near'], key=lambda x: -x[2]):
-        fa, fb = reps[a][0], reps[b][0]
-        if split(fa) == split(fb) and n_pos.get(a, 0) < 3 and n_pos.get(b, 0) < 3:
+        fa, fb = rep[a], rep[b]
+        if fa is not None and fb is not None and split(fa) == split(fb) and n_pos.get(a, 0) < 3 and n_pos.get(b, 0) < 3:
             pos[split(fa)].append((fa, fb))
             n_pos[a], n_pos[b] = n_pos.get(a, 0) + 1, n_pos.get(b, 0) + 1
     for g in ok:  # identical copies in two files (type-1 clones)
-        m = reps[g]
+        m = [k for k in reps[g] if where[k]]
         copies = [(x, y) for x, y in zip(m, m[1:]) if (funcs[x]['repo'], funcs[x]['path']) !=
                   (funcs[y]['repo'], funcs[y]['path']) and split(x) == split(y)]
         for x, y in copies[:3]:
             pos[split(x)].append((x, y))
     rows = {}
     for s in SPLITS:
-        pool, negs, tries = [g for g in ok if split(reps[g][0]) == s], set(), 0
+        pool, negs, tries = [g for g in ok if rep[g] is not None and split(rep[g]) == s], set(), 0
         while len(negs) < len(pos[s]) and len(pool) > 1 and tries < 50 * len(pos[s]) + 100:
             tries += 1
             a, b = (int(x) for x in rng.choice(len(pool), 2, replace=False))
             ga, gb = pool[a], pool[b]
-            if funcs[reps[ga][0]]['language'] != funcs[reps[gb][0]]['language']:
+            if funcs[rep[ga]]['language'] != funcs[rep[gb]]['language']:
                 continue  # a negative in two languages would be trivially told apart
             if (sig[ga] == sig[gb]).mean() < 0.3 and comp[ga] != comp[gb]:
-                negs.add((reps[ga][0], reps[gb][0]))
+                negs.add((rep[ga], rep[gb]))
         rows[s] = [(x, y, 1) for x, y in pos[s]] + [(x, y, 0) for x, y in sorted(negs)]
         rng.shuffle(rows[s])
     return rows
 
 
-def write_clone(out_dir, funcs, rows, settings):
+def write_clone(out_dir, funcs, rows, settings, record):
     """bigclonebench/data.jsonl + {split}.txt (idx1 TAB idx2 TAB label), then manifest.json (last)."""
     from data import atomic_open, write_json
     bdir, idx, counts = os.path.join(out_dir, 'bigclonebench'), {}, {}
@@ -441,21 +461,23 @@ def write_clone(out_dir, funcs, rows, settings):
     for s in SPLITS:
         with atomic_open(os.path.join(bdir, f'{s}.txt'), 'w', encoding='utf-8') as fh:
             fh.writelines(lines[s])
-    write_json(os.path.join(bdir, 'manifest.json'), {'format': 'bigclonebench', 'settings': settings, 'counts': counts})
+    write_json(os.path.join(bdir, 'manifest.json'), {'format': 'bigclonebench', 'settings': settings, 'counts': counts,
+                                                     **record})
     return counts
 
 
-def build_finetune(repos, roots, fn_languages, which, source, fingerprint, split_of, funcs, out_dir, seed=1337,
-                   heldout_fraction=0.1, dedup_threshold=0.7, num_proc=1):
+def build_finetune(which, source, fingerprint, split_of, fn_languages, clean, clean_settings, out_dir, seed=1337,
+                   heldout_fraction=0.1, dedup_threshold=0.7):
     """Retrieval pairs (text-code and code-code, and a CodeSearchNet-format copy) and BigCloneBench-
-    format clone pairs from the functions of a corpus in fn_languages (`funcs`, collected here when None);
-    paper 4.1 uses SynthCoNL, which is not shipped: these are the same kinds of pairs from real
-    local code. `which`: a subset of {'retrieval', 'clone'}; `split_of`: the repository split (a
-    pair across two splits is dropped). Each output directory gets a manifest.json, written last;
-    a rerun with the same settings reuses it."""
+    format clone pairs from the functions of a corpus in fn_languages; paper 4.1 uses SynthCoNL,
+    which is not shipped: these are the same kinds of pairs from real local code. `which`: a subset
+    of {'retrieval', 'clone'}; `split_of`: the repository split (a pair across two splits is
+    dropped); clean(): the functions with what is left out of them (clean_functions), called only
+    when something is rebuilt. Each output directory gets a manifest.json, written last; a rerun
+    with the same settings reuses it."""
     settings = {'source': source, 'corpus_sha256': fingerprint, 'seed': seed, 'heldout_fraction': heldout_fraction,
                 'dedup_threshold': dedup_threshold, 'function_languages': sorted(fn_languages),
-                'extraction': 'tree-sitter'}
+                'extraction': 'tree-sitter', **clean_settings}
     dirs = {'retrieval': os.path.join(out_dir, 'retrieval'), 'clone': os.path.join(out_dir, 'bigclonebench')}
     for w in list(which):
         if _complete(dirs[w], settings):
@@ -466,21 +488,22 @@ def build_finetune(repos, roots, fn_languages, which, source, fingerprint, split
     if not which:
         return {}
     rng = np.random.default_rng(seed)
-    funcs = collect_functions(repos, roots, fn_languages, num_proc) if funcs is None else funcs
+    c = clean()
+    funcs, groups, where = c['funcs'], c['groups'], c['where']
     if not funcs:
         raise ValueError(f"no functions ({', '.join(sorted(fn_languages))}) found in the corpus: nothing to build "
                          f"fine-tuning pairs from")
-    groups = function_groups(funcs, dedup_threshold, num_proc)
     counts = {}
     if 'retrieval' in which:
-        text_code, csn = text_code_pairs(funcs, groups, split_of)
-        code_code, dropped = code_code_pairs(funcs, groups, split_of, rng)
-        counts.update({f'retrieval/{s}': c for s, c in
-                       write_retrieval(out_dir, text_code, code_code, csn, split_of, settings).items()})
+        text_code, csn = text_code_pairs(funcs, groups, where)
+        code_code, dropped = code_code_pairs(funcs, groups, where, rng)
+        counts.update({f'retrieval/{s}': n for s, n in
+                       write_retrieval(out_dir, text_code, code_code, csn, split_of, settings, c['record']).items()})
         print0(f"retrieval: {dropped} near-duplicate pairs across two splits dropped")
     if 'clone' in which:
-        rows = clone_pairs(funcs, groups, split_of, rng)
-        counts.update({f'bigclonebench/{s}': c for s, c in write_clone(out_dir, funcs, rows, settings).items()})
+        rows = clone_pairs(funcs, groups, where, rng)
+        counts.update({f'bigclonebench/{s}': n for s, n in
+                       write_clone(out_dir, funcs, rows, settings, c['record']).items()})
     return counts
 
 
@@ -823,6 +846,10 @@ if __name__ == '__main__':
             split_of, funcs, record = (repository_splits(repos, roots, language_of, fn_languages, fingerprint, out_dir,
                                                          seed, heldout_fraction, num_proc)
                                        if task != 'dedup-bench' else ({}, None, None))
+            # what no stage may use (decontaminate.py), computed once, by the first stage that is rebuilt
+            clean_settings = {'heldout_filter': 'minhash'}
+            clean = functools.lru_cache(maxsize=None)(lambda: clean_functions(
+                repos, roots, fn_languages, split_of, funcs, dedup_threshold, num_proc))
             # the tokenizer, trained on the training repositories only
             if bpe_vocab:
                 tokenizer = train_corpus_bpe(repos, [r for r in sorted(repos) if split_of.get(r, 'train') == 'train'],
@@ -832,8 +859,8 @@ if __name__ == '__main__':
                 run_icc(repos, source, fingerprint, {r for r, sp in split_of.items() if sp == 'test'}, out_dir,
                         tokenizer, max_len, snippet_len, val_fraction, seed, shard_tokens, max_bytes, num_proc)
             if task in ('all', 'retrieval', 'clone'):
-                build_finetune(repos, roots, fn_languages, {'all': ('retrieval', 'clone')}.get(task, (task,)), source,
-                               fingerprint, split_of, funcs, out_dir, seed, heldout_fraction, dedup_threshold, num_proc)
+                build_finetune({'all': ('retrieval', 'clone')}.get(task, (task,)), source, fingerprint, split_of,
+                               fn_languages, clean, clean_settings, out_dir, seed, heldout_fraction, dedup_threshold)
             if task == 'dedup-bench':
                 run_dedup_bench(repos, roots, fn_languages, bench_rows, dedup_threshold, seed, num_proc)
             if record:  # the split, once every stage has succeeded

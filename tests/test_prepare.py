@@ -6,6 +6,7 @@ Pure functions are imported; the stage itself runs as a subprocess, as a user ru
 import ast
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -191,12 +192,46 @@ def test_minhash_dedup_threshold_semantics():
     assert dedup.minhash_dedup([[FUNC, half]], exact - 0.15)[0] == [0]
 
 
+# ----------------------------------------------------------------------------- held-out near-duplicates
+
+def test_drop_heldout_near_duplicates():
+    """A valid / test function that is a copy or a near-duplicate of a training function is dropped
+    from its split and counted; near-duplicates between two held-out splits, and training
+    functions, are kept."""
+    from decontaminate import drop_heldout_near_duplicates
+    near = FUNC.replace('    return result', '    # keep the order of equal keys\n    return result')
+    rows = [('t', FUNC), ('t', THIRD), ('v', '\n\n' + FUNC.replace('    ', '\t')),  # an exact copy, re-indented
+            ('s', near), ('v', OTHER), ('s', OTHER.replace('raise', '  raise')), ('s', THIRD + '# end\n'),
+            ('t', THIRD.replace('items', 'elements'))]
+    funcs = [{'original_string': code, 'language': 'python', 'repo': repo} for repo, code in rows]
+    groups = prepare.function_groups(funcs, 0.7, 1)
+    where = [{'t': 'train', 'v': 'valid', 's': 'test'}[f['repo']] for f in funcs]
+    assert drop_heldout_near_duplicates(funcs, groups, where) == {'valid': 1, 'test': 2}
+    assert where == ['train', 'train', None, None, 'valid', 'test', None, 'train']
+
+
+PLANTED = '''def merge_sorted_runs(left, right):
+    """Merge two sorted lists into one sorted list, keeping equal keys in their order."""
+    merged, i, j = [], 0, 0
+    while i < len(left) and j < len(right):
+        if right[j] < left[i]:
+            merged.append(right[j])
+            j += 1
+        else:
+            merged.append(left[i])
+            i += 1
+    merged.extend(left[i:])
+    merged.extend(right[j:])
+    return merged  # {tag}
+'''
+
+
 # ----------------------------------------------------------------------------- the stage, end to end
 
 @pytest.fixture(scope='module')
 def corpus(tmp_path_factory):
-    """Real stdlib packages copied as repositories, plus a vendored near-copy and a repository
-    with nothing usable."""
+    """Real stdlib packages copied as repositories, plus a vendored near-copy, a repository with
+    nothing usable, and two near-copies of PLANTED in every repository (vendored code)."""
     d = tmp_path_factory.mktemp('corpus')
     for p in ('json', 'html', 'wsgiref', 'xmlrpc', 'urllib', 'http', 'logging', 'sqlite3'):
         shutil.copytree(os.path.join(STDLIB, p), d / p, ignore=shutil.ignore_patterns('__pycache__'))
@@ -204,6 +239,9 @@ def corpus(tmp_path_factory):
     for f in ('decoder.py', 'encoder.py'):
         src = open(os.path.join(STDLIB, 'json', f), encoding='utf-8').read()
         (d / 'vendored' / 'json' / f).write_text(src.replace('self', 'this'))
+    for p in ('json', 'html', 'wsgiref', 'xmlrpc', 'urllib', 'http', 'logging', 'sqlite3', 'vendored'):
+        for i in range(2):
+            (d / p / f'sortutil{i}.py').write_text(PLANTED.format(tag=f'copy {i} of {p}'))
     os.makedirs(d / 'assets')
     (d / 'assets' / 'logo.c').write_bytes(b'\x89PNG\0\0binary')
     (d / 'README.md').write_text('not a repository')
@@ -328,6 +366,32 @@ def test_finetune_outputs(built):
         assert pos == len(pairs) - pos  # balanced
         total_pos += pos
     assert total_pos > 0
+
+
+def test_heldout_near_duplicates_of_training_functions_dropped(built):
+    """The copies of PLANTED in valid and test repositories near-duplicate those in training ones:
+    no held-out output holds one (each held-out repository has two, which would otherwise make a
+    held-out code-code and clone pair), the training outputs do, and the drop is counted per split."""
+    out, so = built
+    splits = json.load(open(out / 'splits.json'))['splits']
+    n_repos = {s: sum(1 for r, sp in splits.items() if sp == s and r != 'assets') for s in ('valid', 'test')}
+    assert n_repos['valid'] >= 1 and n_repos['test'] >= 1
+    line = next(l for l in so.splitlines() if l.startswith('heldout: dropped'))
+    counts = {s: int(n.replace(',', '')) for n, s in re.findall(r'([\d,]+) (valid|test)', line)}
+    assert counts['valid'] >= 2 * n_repos['valid'] and counts['test'] >= 2 * n_repos['test']
+    for d in ('retrieval', 'bigclonebench'):
+        assert json.load(open(out / d / 'manifest.json'))['heldout_near_duplicates'] == counts
+    bcb = {json.loads(l)['idx']: json.loads(l)['func'] for l in open(out / 'bigclonebench' / 'data.jsonl')}
+    for s in ('train', 'valid', 'test'):
+        rows = data.read_pairs(str(out / 'retrieval' / f'{s}.jsonl'))
+        planted = [r for r in rows if 'merged.extend(left[i:])' in r['code']]
+        clones = [l.split('\t') for l in open(out / 'bigclonebench' / f'{s}.txt')]
+        planted_clones = [c for c in clones if 'merged.extend' in bcb[c[0]] + bcb[c[1]]]
+        if s == 'train':
+            assert {r['kind'] for r in planted} == {'text-code', 'code-code'} and planted_clones
+            assert all(splits[r['repo']] == 'train' for r in planted)
+        else:
+            assert not planted and not planted_clones, s
 
 
 # ----------------------------------------------------------------------------- bad input
