@@ -1,12 +1,17 @@
 """
 Near-deduplication (paper 5): MinHash LSH (datasketch), Jaccard threshold 0.7, 256 permutations,
-character 5-grams, for the fine-tuning pairs, the clone pairs and SynthCoNL (prepare.py). The
-signatures are computed in numpy in worker processes, the LSH runs on the main one.
+character 5-grams, for the fine-tuning pairs, the clone pairs and SynthCoNL (prepare.py), and the
+groups of copies and near-duplicates among a corpus's functions (function_groups). The signatures
+are computed in numpy in worker processes, the LSH runs on the main one.
 """
+import hashlib
 import multiprocessing as mp
 import time
 
 import numpy as np
+
+import functions
+from stage import print0
 
 _NUM_PERM, _NGRAM = 256, 5
 
@@ -111,3 +116,43 @@ def near_duplicate_groups(sigs, threshold=0.7):
                 pairs.append((j, i, jac))
         lsh.insert(i, m)
     return pairs
+
+
+# ----------------------------------------------------------------------------- functions of a corpus
+
+def normalized(code):
+    return ' '.join(code.split())
+
+
+def function_groups(funcs, dedup_threshold, num_proc):
+    """Exact duplicates (whitespace-normalised) form groups; MinHash runs on one member of each
+    group of >= 3 lines and 100-20,000 characters. Returns {'reps': members of each group,
+    'gid': group of each function, 'ok': the groups hashed, 'sig': their signatures, 'near':
+    (group, group, Jaccard) near-duplicate pairs, 'comp': the near-duplicate component of each group}
+    (prepare.clean_functions adds 'rep': the first member of each group that is kept)."""
+    group_of, reps, gid = {}, [], []
+    for k, f in enumerate(funcs):
+        key = hashlib.sha1(f"{f['language']}\0{normalized(f['original_string'])}".encode()).digest()
+        if key not in group_of:
+            group_of[key] = len(reps)
+            reps.append([])
+        reps[group_of[key]].append(k)
+        gid.append(group_of[key])
+    ok = [g for g, members in enumerate(reps) if functions.code_lines(funcs[members[0]]['original_string']) >= 3
+          and 100 <= len(funcs[members[0]]['original_string']) <= 20000]
+    t0 = time.time()
+    sigs = minhash_signatures([funcs[reps[g][0]]['original_string'] for g in ok], num_proc)
+    near = [(ok[i], ok[j], jac) for i, j, jac in near_duplicate_groups(sigs, dedup_threshold)]
+    print0(f"minhash: {len(ok):,} distinct functions, {len(near):,} near-duplicate pairs (Jaccard >= {dedup_threshold}) "
+           f"in {time.time() - t0:.1f}s ({len(ok) / max(time.time() - t0, 1e-9):,.0f} functions/s)")
+    parent = list(range(len(reps)))  # union-find over near-duplicate groups
+
+    def find(x):
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+    for a, b, _ in near:
+        parent[find(a)] = find(b)
+    return {'reps': reps, 'gid': gid, 'ok': ok, 'sig': {g: sigs[i] for i, g in enumerate(ok)}, 'near': near,
+            'comp': [find(g) for g in range(len(reps))]}

@@ -28,8 +28,9 @@ from tqdm import tqdm
 import functions
 import sources
 from debian import LANGUAGES
-from decontaminate import drop_heldout_near_duplicates
-from dedup import minhash_dedup, minhash_signatures, near_duplicate_groups
+from decontaminate import (DEFAULT_EVAL_DIR, MIN_CHARS, drop_heldout_near_duplicates, eval_sources, find_contamination,
+                           load_eval_sets, report, without_files)
+from dedup import function_groups, minhash_dedup, normalized
 from sources import SOURCE_EXTS, file_tasks, source_text
 from stage import fail, make_dir, print0
 
@@ -217,10 +218,6 @@ def collect_functions(repos, roots, languages, num_proc=1):
     return funcs
 
 
-def normalized(code):
-    return ' '.join(code.split())
-
-
 def _complete(d, settings):
     """True if directory d holds a manifest.json written with these settings."""
     try:
@@ -273,53 +270,24 @@ def repository_splits(repos, roots, language_of, fn_languages, fingerprint, out_
 # ----------------------------------------------------------------------------- fine-tuning and clone pairs
 
 
-def function_groups(funcs, dedup_threshold, num_proc):
-    """Exact duplicates (whitespace-normalised) form groups; MinHash runs on one member of each
-    group of >= 3 lines and 100-20,000 characters. Returns {'reps': members of each group,
-    'gid': group of each function, 'ok': the groups hashed, 'sig': their signatures, 'near':
-    (group, group, Jaccard) near-duplicate pairs, 'comp': the near-duplicate component of each group}
-    (clean_functions adds 'rep': the first member of each group that is kept)."""
-    group_of, reps, gid = {}, [], []
-    for k, f in enumerate(funcs):
-        key = hashlib.sha1(f"{f['language']}\0{normalized(f['original_string'])}".encode()).digest()
-        if key not in group_of:
-            group_of[key] = len(reps)
-            reps.append([])
-        reps[group_of[key]].append(k)
-        gid.append(group_of[key])
-    ok = [g for g, members in enumerate(reps) if functions.code_lines(funcs[members[0]]['original_string']) >= 3
-          and 100 <= len(funcs[members[0]]['original_string']) <= 20000]
-    t0 = time.time()
-    sigs = minhash_signatures([funcs[reps[g][0]]['original_string'] for g in ok], num_proc)
-    near = [(ok[i], ok[j], jac) for i, j, jac in near_duplicate_groups(sigs, dedup_threshold)]
-    print0(f"minhash: {len(ok):,} distinct functions, {len(near):,} near-duplicate pairs (Jaccard >= {dedup_threshold}) "
-           f"in {time.time() - t0:.1f}s ({len(ok) / max(time.time() - t0, 1e-9):,.0f} functions/s)")
-    parent = list(range(len(reps)))  # union-find over near-duplicate groups
-
-    def find(x):
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-    for a, b, _ in near:
-        parent[find(a)] = find(b)
-    return {'reps': reps, 'gid': gid, 'ok': ok, 'sig': {g: sigs[i] for i, g in enumerate(ok)}, 'near': near,
-            'comp': [find(g) for g in range(len(reps))]}
-
-
-def clean_functions(repos, roots, fn_languages, split_of, funcs, dedup_threshold, num_proc):
+def clean_functions(repos, roots, fn_languages, split_of, funcs, evals, dedup_threshold, num_proc):
     """The functions of the corpus (collected here when None), their groups (function_groups) and
     'where': each function's split, or None where it is left out (decontaminate.py): a held-out
-    copy or near-duplicate of a training function. Also the 'record' of it for the manifests.
-    Every stage that is rebuilt uses this one result."""
+    copy or near-duplicate of a training function, or a training function that contains a function
+    of an evaluation set. Also the files pre-training leaves out ('icc_files') and the 'record' of
+    both for the manifests. Every stage that is rebuilt uses this one result."""
     funcs = collect_functions(repos, roots, fn_languages, num_proc) if funcs is None else funcs
     groups = function_groups(funcs, dedup_threshold, num_proc)
     where = [split_of[f['repo']] for f in funcs]
     heldout = drop_heldout_near_duplicates(funcs, groups, where)
     print0(f"heldout: dropped {heldout['valid']:,} valid and {heldout['test']:,} test functions, copies or "
            f"near-duplicates (Jaccard >= {dedup_threshold}) of a training function")
+    found = find_contamination(evals, funcs, where, split_of, repos, roots, dedup_threshold, num_proc)
+    for line in report(found['record']):
+        print0(line)
     groups['rep'] = [next((k for k in members if where[k]), None) for members in groups['reps']]  # first one kept
-    return {'funcs': funcs, 'groups': groups, 'where': where, 'record': {'heldout_near_duplicates': heldout}}
+    return {'funcs': funcs, 'groups': groups, 'where': where, 'icc_files': found['icc_files'],
+            'record': {'heldout_near_duplicates': heldout, 'decontamination': found['record']}}
 
 
 def local_url(f):
@@ -637,10 +605,11 @@ def write_icc_split(icc_dir, split, snippets, tok, max_len, seed, shard_tokens):
     return {'shards': shards, 'sequences': len(plan), 'tokens': tot, 'repositories': len(rs), 'positives': pos}, max_id
 
 
-def run_icc(repos, source, fingerprint, held_out, out_dir, tokenizer, max_len, snippet_len=0, val_fraction=0.05,
-            seed=1337, shard_tokens=64 * 2 ** 20, max_bytes=0, num_proc=1):
+def run_icc(repos, roots, source, fingerprint, held_out, out_dir, tokenizer, max_len, snippet_len=0, val_fraction=0.05,
+            seed=1337, shard_tokens=64 * 2 ** 20, max_bytes=0, num_proc=1, clean=None, clean_settings=None):
     """ICC pre-training shards (paper 2.1, Fig. 2) in out_dir/icc/, split by repository; the
-    `held_out` repositories (the retrieval test split) are validation ones, never pre-trained on.
+    `held_out` repositories (the retrieval test split) are validation ones, never pre-trained on,
+    and the files of clean()['icc_files'] (those that contain an evaluation function) are left out.
     The manifest is written last: its presence marks a complete dataset, reused on a rerun."""
     from data import write_json
     from tokenizer import get_tokenizer
@@ -650,7 +619,7 @@ def run_icc(repos, source, fingerprint, held_out, out_dir, tokenizer, max_len, s
     budget = snippet_budget(max_len, snippet_len)
     settings = {'source': source, 'corpus_sha256': fingerprint, 'tokenizer': tok.meta(), 'max_len': max_len,
                 'snippet_len': budget, 'val_fraction': val_fraction, 'seed': seed, 'shard_tokens': shard_tokens,
-                'max_bytes': max_bytes, 'held_out': sorted(held_out)}
+                'max_bytes': max_bytes, 'held_out': sorted(held_out), **(clean_settings or {})}
     mpath = os.path.join(icc_dir, 'manifest.json')
     if _complete(icc_dir, settings):
         print0(f"icc: {mpath} is complete and was built with these settings: reusing it")
@@ -658,6 +627,11 @@ def run_icc(repos, source, fingerprint, held_out, out_dir, tokenizer, max_len, s
     if max_len < 5:
         raise ValueError(f"max_len={max_len}: must be >= 5 (<sep> snippet <sep> snippet <cls>)")
     clean_icc_dir(icc_dir)
+    record = {}
+    if clean is not None:
+        c = clean()
+        repos, record = without_files(repos, roots, c['icc_files']), {'decontamination': c['record']['decontamination']}
+        print0(f"icc: {len(c['icc_files']):,} files that contain an evaluation function left out")
     flat, st = tokenise_corpus(repos, tokenizer, budget, num_proc)
     dt, n_tok = st['seconds'], st['tokens']
     print0(f"icc: {len(flat):,} repositories, {st['files']:,} files, {st['bytes'] / 1e6:,.1f} MB, {n_tok:,} tokens "
@@ -675,7 +649,7 @@ def run_icc(repos, source, fingerprint, held_out, out_dir, tokenizer, max_len, s
     manifest = {'format': 'mose-icc', 'version': 1, 'tokenizer': tok.meta(), 'max_len': max_len,
                 'snippet_len': budget, 'seed': seed, 'splits': {},
                 'val_repositories': sorted(r for r in flat if split_of[r] == 'val'),
-                'max_token_id': 0, 'source': source, 'settings': settings, 'stats': {}}
+                'max_token_id': 0, 'source': source, 'settings': settings, 'stats': {}, **record}
     for si, split in enumerate(('train', 'val')):
         part = {r: v for r, v in flat.items() if split_of[r] == split}
         manifest['splits'][split], max_id = write_icc_split(icc_dir, split, part, tok, max_len, seed + si, shard_tokens)
@@ -805,6 +779,9 @@ if __name__ == '__main__':
     # fine-tuning and clone data
     heldout_fraction = 0.1  # share of functions (by repository) for valid, and again for test
     dedup_threshold = 0.7  # Jaccard threshold of near-duplicates (paper 5)
+    decontaminate = DEFAULT_EVAL_DIR  # evaluation sets that no training function or pre-training file may contain,
+    # besides the held-out test split (decontaminate.py): comma-separated jsonl(.gz) files with a code field, text
+    # files of one function a line, or directories of them (CodeSearchNet, CodeXGLUE, POJ-104); '' = test split only
     bench_rows = 100_000  # rows of the dedup benchmark
     # system
     seed = 1337
@@ -830,6 +807,10 @@ if __name__ == '__main__':
         elif task == 'retrieval' and input and is_codesearchnet(input):
             run_codesearchnet(input, out_dir, skip_bad_lines)
         else:
+            # the evaluation sets that no stage may use (decontaminate.py), read first: a bad file stops the run
+            # before any work
+            srcs = eval_sources(decontaminate) if task != 'dedup-bench' else []
+            evals = load_eval_sets(srcs, skip_bad_lines)
             # the corpus and its one split by repository
             repos, source, language_of, roots = sources.load_corpus(
                 input, data_dir=corpus_dir, exclude=exclude, skip_bad=skip_bad_lines,
@@ -847,17 +828,18 @@ if __name__ == '__main__':
                                                          seed, heldout_fraction, num_proc)
                                        if task != 'dedup-bench' else ({}, None, None))
             # what no stage may use (decontaminate.py), computed once, by the first stage that is rebuilt
-            clean_settings = {'heldout_filter': 'minhash'}
+            clean_settings = {'decontaminate': [[e['path'], e['sha256']] for e in srcs], 'min_chars': MIN_CHARS}
             clean = functools.lru_cache(maxsize=None)(lambda: clean_functions(
-                repos, roots, fn_languages, split_of, funcs, dedup_threshold, num_proc))
+                repos, roots, fn_languages, split_of, funcs, evals, dedup_threshold, num_proc))
             # the tokenizer, trained on the training repositories only
             if bpe_vocab:
                 tokenizer = train_corpus_bpe(repos, [r for r in sorted(repos) if split_of.get(r, 'train') == 'train'],
                                              fingerprint, out_dir, bpe_vocab, bpe_bytes, seed)
             # the data of each stage
             if task in ('all', 'icc'):
-                run_icc(repos, source, fingerprint, {r for r, sp in split_of.items() if sp == 'test'}, out_dir,
-                        tokenizer, max_len, snippet_len, val_fraction, seed, shard_tokens, max_bytes, num_proc)
+                run_icc(repos, roots, source, fingerprint, {r for r, sp in split_of.items() if sp == 'test'}, out_dir,
+                        tokenizer, max_len, snippet_len, val_fraction, seed, shard_tokens, max_bytes, num_proc, clean,
+                        clean_settings)
             if task in ('all', 'retrieval', 'clone'):
                 build_finetune({'all': ('retrieval', 'clone')}.get(task, (task,)), source, fingerprint, split_of,
                                fn_languages, clean, clean_settings, out_dir, seed, heldout_fraction, dedup_threshold)

@@ -204,7 +204,7 @@ def test_drop_heldout_near_duplicates():
             ('s', near), ('v', OTHER), ('s', OTHER.replace('raise', '  raise')), ('s', THIRD + '# end\n'),
             ('t', THIRD.replace('items', 'elements'))]
     funcs = [{'original_string': code, 'language': 'python', 'repo': repo} for repo, code in rows]
-    groups = prepare.function_groups(funcs, 0.7, 1)
+    groups = dedup.function_groups(funcs, 0.7, 1)
     where = [{'t': 'train', 'v': 'valid', 's': 'test'}[f['repo']] for f in funcs]
     assert drop_heldout_near_duplicates(funcs, groups, where) == {'valid': 1, 'test': 2}
     assert where == ['train', 'train', None, None, 'valid', 'test', None, 'train']
@@ -250,7 +250,7 @@ def corpus(tmp_path_factory):
 
 def build_args(corpus, out):
     return [f'--input={corpus}', f'--out_dir={out}', '--max_len=512', '--val_fraction=0.2', '--heldout_fraction=0.2',
-            '--num_proc=2']
+            '--num_proc=2', '--decontaminate=']
 
 
 @pytest.fixture(scope='module')
