@@ -3,7 +3,9 @@ Tokenizer tests (CPU, no network):  python -m pytest tests/test_tokenizer.py -q
 
 The StarCoder-2 style loader is checked against HF `tokenizers` as the independent reference:
 a small byte-level BPE is trained here on real stdlib sources, saved as vocab.json + merges.txt,
-and both implementations must give identical ids on other real files and on tricky text.
+and both implementations must give identical ids on other real files and on tricky text; and on
+real files of every language of the corpus (the Debian corpus under data/debian when it is there,
+else what this machine has; Python always, from the stdlib).
 """
 import json
 import os
@@ -207,3 +209,101 @@ def test_train_bpe_is_the_starcoder2_path(tmp_path):
     assert [tok.decode([i]) for i in tok.encode('x = 2024')][-4:] == ['2', '0', '2', '4']  # digits one by one
     with pytest.raises(ValueError, match='vocab_size'):
         train_bpe(['x'], 100, str(tmp_path / 'small'))
+
+
+# ----------------------------------------------------------------------------- real files of every corpus language
+
+DEBIAN = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'data', 'debian')
+# where a machine without the Debian corpus may have real files of a language (bounded walks)
+MACHINE_ROOTS = {'c': [sysconfig.get_paths()['include'], '/usr/include'], 'javascript': ['/usr/share/javascript'],
+                 'go': ['/usr/lib/go/src', '/usr/local/go/src'], 'ruby': ['/usr/lib/ruby'], 'php': ['/usr/share/php'],
+                 'java': ['/usr/share/java']}
+
+
+def _files_under(roots, exts, n, max_visits=3000):
+    """Up to n real files (2-100 kB, UTF-8, no NUL) with one of exts under roots, in sorted walk
+    order, at most one a directory, looking at no more than max_visits directories per root."""
+    out = []
+    for root in roots:
+        visits = 0
+        for d, dirs, names in os.walk(root):
+            dirs.sort()
+            visits += 1
+            for name in sorted(names):
+                p = os.path.join(d, name)
+                if name.endswith(exts) and os.path.isfile(p) and 2000 <= os.path.getsize(p) <= 100_000:
+                    raw = open(p, 'rb').read()
+                    try:
+                        text = raw.decode('utf-8')
+                    except UnicodeDecodeError:
+                        continue
+                    if '\0' not in text:
+                        out.append((p, text))
+                        break
+            if len(out) >= n:
+                return out
+            if visits >= max_visits:
+                break
+    return out
+
+
+def real_files(language, n=6):
+    """n real files of a corpus language: this Python's stdlib for Python; else the Debian corpus
+    (data/debian, one file per package) when it is there, else well-known places of this machine."""
+    from debian import LANGUAGE_EXTS
+    if language == 'python':
+        return _files_under([STDLIB], ('.py',), n)
+    try:
+        with open(os.path.join(DEBIAN, 'manifest.json')) as f:
+            packages = sorted(p for p, r in json.load(f)['packages'].items() if r['language'] == language)
+    except (OSError, ValueError, KeyError):
+        packages = []
+    out = []
+    for p in packages:
+        out += _files_under([os.path.join(DEBIAN, 'src', p)], LANGUAGE_EXTS[language], 1, max_visits=200)
+        if len(out) >= n:
+            return out
+    return out + _files_under(MACHINE_ROOTS.get(language, []), LANGUAGE_EXTS[language], n - len(out))
+
+
+CORPUS_LANGUAGES = ('python', 'java', 'javascript', 'go', 'ruby', 'php', 'c')  # debian.LANGUAGES
+
+
+@pytest.fixture(scope='module')
+def corpus_files():
+    return {lang: real_files(lang) for lang in CORPUS_LANGUAGES}
+
+
+@pytest.fixture(scope='module', params=['train_bpe', 'bytelevel'])
+def corpus_bpe(request, corpus_files, tmp_path_factory):
+    """A BPE trained on the first half of the files of every language found, loaded through the
+    tiktoken path, and HF's own tokenizer of it: prepare.py's (train_bpe: StarCoder-2's
+    pre-tokenisation, digits one by one) and a plain byte-level one (GPT-2's regex alone)."""
+    from tokenizers import Tokenizer as HFTokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizer import train_bpe
+    d = tmp_path_factory.mktemp('corpus_bpe')
+    train = [t for files in corpus_files.values() for _, t in files[:len(files) // 2]]
+    if request.param == 'train_bpe':
+        return train_bpe(iter(train), 3000, str(d)), HFTokenizer.from_file(str(d / 'tokenizer.json'))
+    hf = HFTokenizer(models.BPE())
+    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    hf.decoder = decoders.ByteLevel()
+    hf.train_from_iterator(train, trainers.BpeTrainer(vocab_size=3000, special_tokens=['<|endoftext|>'],
+                                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                                      show_progress=False))
+    hf.model.save(str(d))  # vocab.json + merges.txt only: the StarCoder-2 directory path
+    return get_tokenizer(str(d)), hf
+
+
+@pytest.mark.parametrize('language', CORPUS_LANGUAGES)
+def test_tiktoken_equals_hf_tokenizers_on_real_files(corpus_files, corpus_bpe, language):
+    """The ids prepare.py writes (tiktoken, from vocab.json + merges.txt) are HF tokenizers' ids on
+    real files of every language of the corpus, none of which the BPE was trained on."""
+    files = corpus_files[language][len(corpus_files[language]) // 2:]
+    if not files:
+        pytest.skip(f"no real {language} files here (no data/debian corpus, none in {MACHINE_ROOTS.get(language)})")
+    tok, hf = corpus_bpe
+    for path, text in files:
+        ids = tok.encode(text)
+        assert ids == hf.encode(text, add_special_tokens=False).ids, path
+        assert tok.decode(ids) == text and len(ids) > 100
