@@ -10,13 +10,14 @@ What the fine-tuning and pre-training data may not hold (prepare.py):
   code-to-code-trans); paper 6.2 names test-data leakage as what makes a comparison doubtful.
 
 Benchmark files re-flow code (CodeXGLUE puts each function on one line), so contamination is
-judged on the code with all whitespace removed, on both sides. An evaluation function of fewer
-than MIN_CHARS characters (whitespace removed) is not looked for: a one-line getter is in
-countless unrelated files.
+judged on the code with all whitespace removed (dedup.squeeze), on both sides. An evaluation
+function of fewer than MIN_CHARS such characters is not looked for: a one-line getter is in
+countless unrelated files. Near-duplicates are looked for among the functions MinHash hashes
+(dedup.function_groups: 3+ lines, 100-20,000 characters); the others only for containing one.
 
     heldout = drop_heldout_near_duplicates(funcs, groups, where)      # {'valid': n, 'test': n}
     evals = load_eval_sets(eval_sources('/work/shared/data,csn/python/final/jsonl/test'))
-    found = find_contamination(evals, funcs, where, split_of, repos, roots, 0.7, num_proc)
+    found = find_contamination(evals, funcs, groups, where, split_of, repos, roots, 0.7, num_proc)
 """
 import gzip
 import hashlib
@@ -27,18 +28,13 @@ import time
 
 import numpy as np
 
-from dedup import _lean, _NUM_PERM, minhash_signatures
+from dedup import _lean, _NUM_PERM, minhash_signatures, squeeze
 from sources import file_tasks, source_text
 
 CODE_FIELDS = ('original_string', 'code', 'func', 'code1', 'code2')  # CodeSearchNet, POJ-104 / BigCloneBench, pairs
 MIN_CHARS = 100  # non-whitespace characters of an evaluation function looked for (prepare's MinHash floor too)
 DEFAULT_EVAL_DIR = '/work/shared/data'  # prepare.py's default; skipped with a note where it does not exist
 TEST_SPLIT = 'test split'  # the name of the held-out test split among the evaluation sets
-
-
-def squeeze(code):
-    """The code without any whitespace (and without NUL, the separator of the verbatim search)."""
-    return ''.join(code.split()).replace('\0', '')
 
 
 # ----------------------------------------------------------------------------- held-out near-duplicates
@@ -225,15 +221,15 @@ def _scan_files(tasks):
 
 # ----------------------------------------------------------------------------- contamination
 
-def find_contamination(evals, funcs, where, split_of, repos, roots, threshold=0.7, num_proc=1):
+def find_contamination(evals, funcs, groups, where, split_of, repos, roots, threshold=0.7, num_proc=1):
     """Find what contains an evaluation function. evals: [(source, squeezed functions, rows read)]
     (load_eval_sets); the held-out test split's functions (where == 'test', after the held-out
-    filter) are added as TEST_SPLIT. Every file of a non-test repository (pre-training reads
-    them) is searched for the functions verbatim, and every function of one is compared to them by
-    MinHash on its squeezed code. A training function that contains one verbatim or is a
-    near-duplicate of one gets where[k] = None; its file, and a file that contains one verbatim,
-    is to be left out of ICC. Returns {'icc_files': {(repo, relpath)}, 'record': the counts per
-    source, for the manifests}."""
+    filter) are added as TEST_SPLIT. Every file of a non-test repository (pre-training reads them)
+    is searched for the functions verbatim, and every function of one that MinHash hashed
+    (groups: dedup.function_groups, whose signatures are of squeezed code too) is compared to them.
+    A training function that contains one verbatim or is a near-duplicate of one gets where[k] =
+    None; its file, and a file that contains one verbatim, is to be left out of ICC. Returns
+    {'icc_files': {(repo, relpath)}, 'record': the counts per source, for the manifests}."""
     from datasketch import MinHashLSH
     t0 = time.time()
     test = sorted({q for k, f in enumerate(funcs) if where[k] == 'test'
@@ -247,6 +243,7 @@ def find_contamination(evals, funcs, where, split_of, repos, roots, threshold=0.
                 texts.append(q)
             source_of[q].add(si)
     sources = [source_of[q] for q in texts]
+    mine = [split_of.get(f['repo']) != 'test' for f in funcs]  # functions of non-test repositories
     # verbatim: the files of non-test repositories, in worker processes
     tasks = [t for t in file_tasks(repos, roots) if split_of.get(t[0]) != 'test']
     chunks = [tasks[i:i + 64] for i in range(0, len(tasks), 64)] if texts else []
@@ -256,48 +253,45 @@ def find_contamination(evals, funcs, where, split_of, repos, roots, threshold=0.
     else:
         _init_scan(texts)
         in_file = {(r, p): e for c in chunks for r, p, e in _scan_files(c)}
-    # near-duplicates: an LSH index of the evaluation functions, queried with each distinct function
-    # of a non-test repository; shorter than MIN_CHARS / 2 it cannot reach the threshold
-    mine = [k for k, f in enumerate(funcs) if split_of.get(f['repo']) != 'test']
-    distinct = {}
-    for k in mine:
-        distinct.setdefault(squeeze(funcs[k]['original_string']), []).append(k)
-    cand = [q for q in distinct if len(q) >= MIN_CHARS // 2] if texts else []
-    sigs = minhash_signatures(texts + cand, num_proc)
+    found = {}  # function -> ({evaluation ids it contains}, {those it near-duplicates})
+    for k, f in enumerate(funcs):
+        if mine[k] and (f['repo'], f['path']) in in_file:
+            q = squeeze(f['original_string'])
+            hits = {e for e in in_file[(f['repo'], f['path'])] if texts[e] in q}
+            if hits:
+                found[k] = (hits, set())
+    # near-duplicates: an LSH index of the evaluation functions, queried with each hashed group
+    sigs = minhash_signatures(texts, num_proc)
     lsh = MinHashLSH(threshold=threshold, num_perm=_NUM_PERM)
     for i in range(len(texts)):
         lsh.insert(i, _lean(sigs[i]))
-    near = {}
-    for q, sig in zip(cand, sigs[len(texts):]):
-        found = {int(j) for j in lsh.query(_lean(sig)) if (sigs[j] == sig).mean() >= threshold}
-        if found:
-            near[q] = found
+    for g in groups['ok'] if texts else ():
+        sig = groups['sig'][g]
+        near = {int(j) for j in lsh.query(_lean(sig)) if (sigs[j] == sig).mean() >= threshold}
+        for k in groups['reps'][g] if near else ():
+            if mine[k]:
+                found.setdefault(k, (set(), set()))[1].update(near)
     # what is dropped, and why (counted once for each source it matches)
     per = [{'training_functions': 0, 'verbatim': 0, 'near_duplicate': 0, 'icc_files': 0} for _ in evals]
-    icc = {key: {s for e in found for s in sources[e]} for key, found in in_file.items()}
+    icc = {key: {s for e in hits for s in sources[e]} for key, hits in in_file.items()}
     n_train = 0
-    for q, ks in distinct.items():
-        verbatim = {e for k in ks for e in in_file.get((funcs[k]['repo'], funcs[k]['path']), ()) if texts[e] in q}
-        found = verbatim | near.get(q, set())
-        if not found:
-            continue
-        by_verbatim = {s for e in verbatim for s in sources[e]}
-        for k in ks:
-            srcs = {s for e in found for s in sources[e]}
-            icc.setdefault((funcs[k]['repo'], funcs[k]['path']), set()).update(srcs)
-            if where[k] == 'train':
-                where[k] = None
-                n_train += 1
-                for s in srcs:
-                    per[s]['training_functions'] += 1
-                    per[s]['verbatim' if s in by_verbatim else 'near_duplicate'] += 1
+    for k, (verbatim, near) in sorted(found.items()):
+        srcs, by_verbatim = {s for e in verbatim | near for s in sources[e]}, {s for e in verbatim for s in sources[e]}
+        icc.setdefault((funcs[k]['repo'], funcs[k]['path']), set()).update(srcs)
+        if where[k] == 'train':
+            where[k] = None
+            n_train += 1
+            for s in srcs:
+                per[s]['training_functions'] += 1
+                per[s]['verbatim' if s in by_verbatim else 'near_duplicate'] += 1
     for srcs in icc.values():
         for s in srcs:
             per[s]['icc_files'] += 1
     record = {'threshold': threshold, 'num_perm': _NUM_PERM, 'ngram': 5, 'min_chars': MIN_CHARS,
               'whitespace': 'removed', 'training_functions': n_train, 'icc_files': len(icc),
-              'checked': {'functions': len(mine), 'files': len(tasks)},
-              'sources': [dict(source=name, rows=n, functions=len(fs), **per[i]) for i, (name, fs, n) in enumerate(evals)],
+              'checked': {'functions': sum(mine), 'files': len(tasks)},
+              'sources': [dict(source=name, rows=n, functions=len(fs), **per[i])
+                          for i, (name, fs, n) in enumerate(evals)],
               'seconds': round(time.time() - t0, 1)}
     return {'icc_files': set(icc), 'record': record}
 

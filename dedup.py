@@ -124,12 +124,20 @@ def normalized(code):
     return ' '.join(code.split())
 
 
+def squeeze(code):
+    """The code without any whitespace (and without NUL, which decontaminate.py uses as a separator):
+    what MinHash compares, so that a re-indented or re-flowed copy is the same code."""
+    return ''.join(code.split()).replace('\0', '')
+
+
 def function_groups(funcs, dedup_threshold, num_proc):
     """Exact duplicates (whitespace-normalised) form groups; MinHash runs on one member of each
-    group of >= 3 lines and 100-20,000 characters. Returns {'reps': members of each group,
-    'gid': group of each function, 'ok': the groups hashed, 'sig': their signatures, 'near':
-    (group, group, Jaccard) near-duplicate pairs, 'comp': the near-duplicate component of each group}
-    (prepare.clean_functions adds 'rep': the first member of each group that is kept)."""
+    group of >= 3 lines and 100-20,000 characters, on its code without whitespace (squeeze: the
+    benchmark files of decontaminate.py re-flow code, and its search reuses these signatures).
+    Returns {'reps': members of each group, 'gid': group of each function, 'ok': the groups hashed,
+    'sig': their signatures, 'near': (group, group, Jaccard) near-duplicate pairs, 'comp': the
+    near-duplicate component of each group} (prepare.clean_functions adds 'rep': the first member
+    of each group that is kept)."""
     group_of, reps, gid = {}, [], []
     for k, f in enumerate(funcs):
         key = hashlib.sha1(f"{f['language']}\0{normalized(f['original_string'])}".encode()).digest()
@@ -141,7 +149,7 @@ def function_groups(funcs, dedup_threshold, num_proc):
     ok = [g for g, members in enumerate(reps) if functions.code_lines(funcs[members[0]]['original_string']) >= 3
           and 100 <= len(funcs[members[0]]['original_string']) <= 20000]
     t0 = time.time()
-    sigs = minhash_signatures([funcs[reps[g][0]]['original_string'] for g in ok], num_proc)
+    sigs = minhash_signatures([squeeze(funcs[reps[g][0]]['original_string']) for g in ok], num_proc)
     near = [(ok[i], ok[j], jac) for i, j, jac in near_duplicate_groups(sigs, dedup_threshold)]
     print0(f"minhash: {len(ok):,} distinct functions, {len(near):,} near-duplicate pairs (Jaccard >= {dedup_threshold}) "
            f"in {time.time() - t0:.1f}s ({len(ok) / max(time.time() - t0, 1e-9):,.0f} functions/s)")

@@ -282,7 +282,7 @@ def clean_functions(repos, roots, fn_languages, split_of, funcs, evals, dedup_th
     heldout = drop_heldout_near_duplicates(funcs, groups, where)
     print0(f"heldout: dropped {heldout['valid']:,} valid and {heldout['test']:,} test functions, copies or "
            f"near-duplicates (Jaccard >= {dedup_threshold}) of a training function")
-    found = find_contamination(evals, funcs, where, split_of, repos, roots, dedup_threshold, num_proc)
+    found = find_contamination(evals, funcs, groups, where, split_of, repos, roots, dedup_threshold, num_proc)
     for line in report(found['record']):
         print0(line)
     groups['rep'] = [next((k for k in members if where[k]), None) for members in groups['reps']]  # first one kept

@@ -17,7 +17,8 @@ import pytest
 
 import data
 import dedup
-from decontaminate import VerbatimIndex, read_eval_file, squeeze, window_hashes
+from decontaminate import VerbatimIndex, read_eval_file, window_hashes
+from dedup import squeeze
 from tokenizer import get_tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -59,7 +60,8 @@ def test_verbatim_index_finds_reflowed_functions():
 def test_read_eval_file_fields(tmp_path):
     rows = {'poj.jsonl': [{'label': '3', 'index': '1', 'code': 'int main() {}'}],
             'bcb.jsonl': [{'func': 'void f() {}', 'idx': '7'}],
-            'pairs.jsonl.gz': [{'code1': 'a()', 'code2': 'b()', 'label': 1}, {'code1': 'c()', 'code2': 'd()', 'label': 0}],
+            'pairs.jsonl.gz': [{'code1': 'a()', 'code2': 'b()', 'label': 1},
+                               {'code1': 'c()', 'code2': 'd()', 'label': 0}],
             'csn.jsonl': [{'original_string': 'def f(): pass', 'code': 'def f(): pass', 'url': 'u'}]}
     for name, rs in rows.items():
         with (gzip.open if name.endswith('.gz') else open)(tmp_path / name, 'wt') as f:
@@ -218,7 +220,8 @@ def test_bad_evaluation_files(tmp_path, case):
                   f"the row has label, text)")
     else:
         expect = f"error: --decontaminate: {bad}: not found (expected a file or directory of evaluation functions)"
-    rc, so, se = run_prepare(f'--input={tmp_path / "corpus"}', f'--out_dir={tmp_path / "out"}', f'--decontaminate={bad}')
+    rc, so, se = run_prepare(f'--input={tmp_path / "corpus"}', f'--out_dir={tmp_path / "out"}',
+                             f'--decontaminate={bad}')
     assert rc == 1 and se.strip().splitlines() == [expect]
     assert 'functions:' not in so and not (tmp_path / 'out').exists()  # stopped before any work
 
