@@ -61,6 +61,11 @@ class MoSEConfig:
                                      # 'text' = the mean over the text after the instruction (the tokens after
                                      # the last <sep>): the instruction, the same in every input, is context
                                      # the text attends to, not part of the average
+    center: bool = False             # fine-tuning: each exit's pooled states minus their batch mean (a running
+                                     # mean in eval), BatchNorm's centring without its scale. Briefly pre-trained
+                                     # states share one dominant direction that cosines cannot see past; the
+                                     # gradient through the batch mean removes it (RESULTS.md). Under DDP the
+                                     # mean is over every rank's batch, so a world of n equals one process
 
     def __post_init__(self):
         self.exit_layers = tuple(int(e) for e in self.exit_layers)
@@ -305,6 +310,8 @@ class MoSE(nn.Module):
         self.proj = nn.ModuleList([ProjectionHead(config) for _ in config.exit_layers]) if config.proj_heads else None
         self.classifier = (nn.ModuleList([ClassifierHead(config) for _ in config.exit_layers])
                            if config.n_classes else None)
+        if config.center:  # the running mean of each exit's pooled state (B, C) -> (C,), for eval
+            self.register_buffer('pool_mean', torch.zeros(len(config.exit_layers), config.n_embd))
         self.init_weights()
 
     def init_weights(self):
@@ -437,10 +444,23 @@ class MoSE(nn.Module):
                 z = (h * w.to(h.dtype)).sum(1) / w.sum(1).clamp(min=1).to(h.dtype)  # (B, C)
             else:
                 z = h[:, -1]                                        # (B, C): the final <cls>
+            if self.config.center:
+                z = self._center(z, self.exit_index(e))
             if self.proj is not None:
                 z = self.proj[self.exit_index(e)](z)
             out[e] = F.normalize(z.float(), dim=-1)
         return out[exits] if single else out
+
+    def _center(self, z, j, momentum=0.1):  # (B, C) -> (B, C)
+        if not self.training:
+            return z - self.pool_mean[j].to(z.dtype)
+        m = z.mean(0)                                               # (C,): gradient flows through it
+        if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+            from torch.distributed.nn.functional import all_reduce  # differentiable
+            m = all_reduce(m) / torch.distributed.get_world_size()
+        with torch.no_grad():
+            self.pool_mean[j].lerp_(m.detach().to(self.pool_mean.dtype), momentum)
+        return z - m
 
     def classify(self, idx, exits=None, mask=None):
         """Per-exit classifier logits on <cls>: {exit: (B, n_classes)}."""
@@ -517,8 +537,8 @@ class MoSE(nn.Module):
         sd = {}
         for k in small.state_dict():
             head, _, rest = k.partition('.')
-            if k == 'exit_embedding.weight':
-                sd[k] = self.exit_embedding.weight[rows]
+            if k in ('exit_embedding.weight', 'pool_mean'):  # one row an exit
+                sd[k] = self.state_dict()[k][rows]
             elif head in ('proj', 'classifier'):  # '<head>.<i>.<param>': the i-th kept exit's head
                 i, _, param = rest.partition('.')
                 sd[k] = self.state_dict()[f"{head}.{rows[int(i)]}.{param}"]

@@ -8,9 +8,9 @@ from tokenizer import get_tokenizer
 from training import left_pad
 
 
-def tiny(pooling, tok):
+def tiny(pooling, tok, **kw):
     torch.manual_seed(0)
-    return MoSE(MoSEConfig(vocab_size=tok.n_vocab, n_layer=2, n_embd=32, n_head=2, n_kv_head=1,
+    return MoSE(MoSEConfig(**kw, vocab_size=tok.n_vocab, n_layer=2, n_embd=32, n_head=2, n_kv_head=1,
                            intermediate_size=64, exit_layers=(1, 2), max_seq_len=64, attn_dropout=0.0,
                            resid_dropout=0.0, embd_dropout=0.0, pad_id=tok.pad_id, sep_id=tok.sep_id,
                            pooling=pooling, embed_std=1.0)).eval()
@@ -51,3 +51,29 @@ def test_text_pooling_ignores_left_padding():
 def test_unknown_pooling_is_a_one_line_error():
     with pytest.raises(ValueError, match="pooling='max' must be 'cls', 'mean' or 'text'"):
         MoSEConfig(pooling='max')
+
+
+def test_centring_subtracts_the_batch_mean_in_training_and_the_running_mean_in_eval():
+    tok = get_tokenizer('cl100k_base')
+    seqs = [tok.query_input(t, 24) for t in ('open a socket', 'parse a date string', 'sort a list in place')]
+    idx = left_pad([torch.tensor(s).numpy() for s in seqs], tok.pad_id)     # (3, T)
+    plain, model = tiny('mean', tok), tiny('mean', tok, center=True).train()
+    with torch.no_grad():
+        w = (idx != tok.pad_id).unsqueeze(-1).float()
+        pooled = {e: (h * w).sum(1) / w.sum(1) for e, h in plain(idx, [1, 2]).items()}  # (3, C) each
+    z = model.encode(idx, [1, 2])
+    for j, e in enumerate((1, 2)):
+        assert torch.allclose(z[e], F.normalize(pooled[e] - pooled[e].mean(0), dim=-1), atol=1e-5)
+        assert torch.allclose(model.pool_mean[j], 0.1 * pooled[e].mean(0), atol=1e-5)  # one step from 0
+    # the gradient goes through the batch mean: a shift common to the batch (a bias of block 1, before
+    # any norm) changes nothing. Without centring this gradient is of order 1.
+    z[1].sum().backward()
+    g = model.layers[0].mlp.c_proj.bias.grad
+    assert g is not None and g.abs().max() < 1e-5
+    model.eval()
+    with torch.no_grad():
+        ze = model.encode(idx, 2)
+    assert torch.allclose(ze, F.normalize(pooled[2] - model.pool_mean[1], dim=-1), atol=1e-5)
+    # a deployed truncation keeps its exits' running means
+    small = model.truncated(1)
+    assert torch.equal(small.pool_mean, model.pool_mean[:1])
