@@ -16,7 +16,7 @@ countless unrelated files. Near-duplicates are looked for among the functions Mi
 (dedup.function_groups: 3+ lines, 100-20,000 characters); the others only for containing one.
 
     heldout = drop_heldout_near_duplicates(funcs, groups, where)      # {'valid': n, 'test': n}
-    evals = load_eval_sets(eval_sources('/work/shared/data,csn/python/final/jsonl/test'))
+    evals = load_eval_sets(eval_sources('../shared/data,csn/python/final/jsonl/test'))
     found = find_contamination(evals, funcs, groups, where, split_of, repos, roots, 0.7, num_proc)
 """
 import gzip
@@ -33,7 +33,7 @@ from sources import file_tasks, source_text
 
 CODE_FIELDS = ('original_string', 'code', 'func', 'code1', 'code2')  # CodeSearchNet, POJ-104 / BigCloneBench, pairs
 MIN_CHARS = 100  # non-whitespace characters of an evaluation function looked for (prepare's MinHash floor too)
-DEFAULT_EVAL_DIR = '/work/shared/data'  # prepare.py's default; skipped with a note where it does not exist
+DEFAULT_EVAL_DIR = '../shared/data'  # prepare.py's default; skipped with a note where it does not exist
 TEST_SPLIT = 'test split'  # the name of the held-out test split among the evaluation sets
 
 

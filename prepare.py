@@ -11,7 +11,7 @@ Prepare the data of every stage: ICC pre-training shards, fine-tuning pairs, clo
     python prepare.py --task=synthconl --input=SynthCoNL/data           # SynthCoNL parquet/jsonl -> pairs
     python prepare.py --task=dedup-bench                # near-dedup speed on 100k SynthCoNL-format rows
     python prepare.py --decontaminate=csn/go/final/jsonl/test,poj104/test.jsonl   # evaluation files no training
-                                                        # output may contain (default: /work/shared/data)
+                                                        # output may contain (default: ../shared/data)
 
 Writes under out_dir (formats in data.py): icc/ (paper 2.1), retrieval/{train,valid,test}.jsonl, the same functions
 in codesearchnet/{language}/ and bigclonebench/ layouts, synthconl/; splits by repository per language (splits.json).
