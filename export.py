@@ -47,6 +47,8 @@ LAYOUT = {
                            "final_norm=false), the final norm of the last block's output otherwise",
     'pooling': "'cls': the state of the last position (<cls>; inputs are left-padded); 'mean': the mean over "
                "real tokens; 'text': the mean over the tokens after the last <sep> (sep_token_id)",
+    'pool_mean': "with center=true: row j is subtracted from exit matryoshka_layers[j]'s pooled state "
+                 "before its head (the running mean of fine-tuning)",
     'proj.{j}.fc1, proj.{j}.fc2': "retrieval head of exit matryoshka_layers[j]: fc2(leaky_relu(fc1(pooled))), "
                                   "then L2-normalised",
     'classifier.{j}.dense, classifier.{j}.out_proj': "clone classifier of exit matryoshka_layers[j] on <cls>: "
@@ -88,7 +90,7 @@ def hf_config(cfg, tok, exit, dtype):
         'pad_token_id': cfg.pad_id, 'bos_token_id': None, 'eos_token_id': None,
         'sep_token_id': cfg.sep_id, 'cls_token_id': tok.cls_id, 'mask_token_id': tok.mask_id,
         'matryoshka_layers': list(cfg.exit_layers), 'conditional_size': cfg.conditional_size,
-        'pooling': cfg.pooling, 'final_norm': cfg.final_norm, 'projection_heads': cfg.proj_heads,
+        'pooling': cfg.pooling, 'center': cfg.center, 'final_norm': cfg.final_norm, 'projection_heads': cfg.proj_heads,
         'n_classes': cfg.n_classes, 'mose_exit': exit, 'mose_tokenizer': tok.meta(), 'mose_layout': LAYOUT,
     }
 

@@ -615,7 +615,7 @@ class MoSE(nn.Module):
         if missing:
             raise ValueError(f"{path}: backbone tensors missing under prefix {prefix!r}: {missing[:5]}"
                              f"{' ...' if len(missing) > 5 else ''}")
-        heads = [k for k in ours if k.split('.')[0] in ('proj', 'classifier') and k not in mapped]
+        heads = [k for k in ours if k.split('.')[0] in ('proj', 'classifier', 'pool_mean') and k not in mapped]
         if heads:  # config.json declares them (projection_heads, n_classes): left at init they would give noise
             raise ValueError(f"{path}: config.json declares per-exit heads whose tensors are absent: {heads[:3]}"
                              f"{' ...' if len(heads) > 3 else ''}")
@@ -681,7 +681,8 @@ def config_from_hf(hf, where='config.json'):
         # what export.py adds to the Starcoder2 fields (a released config has none of them: the defaults)
         sep_id=hf['sep_token_id'] if hf.get('sep_token_id') is not None else MoSEConfig.sep_id,
         pooling=hf.get('pooling', 'cls'), final_norm=bool(hf.get('final_norm', True)),
-        proj_heads=bool(hf.get('projection_heads', False)), n_classes=int(hf.get('n_classes', 0)))
+        proj_heads=bool(hf.get('projection_heads', False)), n_classes=int(hf.get('n_classes', 0)),
+        center=bool(hf.get('center', False)))
 
 
 def load_state(model, sd, where='checkpoint', strict=True):

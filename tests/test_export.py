@@ -39,8 +39,9 @@ def trained(tmp_path_factory):
     tok = train_bpe([t for _, t in stdlib_sources(8)], 500, str(d / 'tokenizer'))
     cfg = MoSEConfig(vocab_size=tok.n_vocab, n_layer=6, n_embd=32, n_head=4, n_kv_head=2, intermediate_size=64,
                      max_seq_len=128, exit_layers=(2, 4, 6), attn_dropout=0.0, resid_dropout=0.0, embd_dropout=0.0,
-                     pad_id=tok.pad_id, sep_id=tok.sep_id, proj_heads=True, pooling='text')
+                     pad_id=tok.pad_id, sep_id=tok.sep_id, proj_heads=True, pooling='text', center=True)
     model = randomize(MoSE(cfg)).eval()  # every tensor random, the unused vocabulary rows too
+    model.pool_mean.normal_(0, 0.5)      # the running means of a centred fine-tune (a buffer, not a parameter)
     save_checkpoint(str(d / 'ckpt'), 7, {'model': model.state_dict(), 'model_config': config_to_dict(cfg),
                                          'tokenizer': tok.meta()}, keep_last=1)
     out = {}
@@ -61,7 +62,7 @@ def test_sizes_per_exit_are_printed(trained):
     for e in (2, 4, 6):
         assert any(line.split()[:2] == [str(e), str(e)] for line in out.splitlines()), out
     n = trained['model'].num_params(4) - (trained['model'].config.padded_vocab_size - trained['tok'].n_vocab) * 32
-    n += 2 * (32 * 32 + 32) * 2  # the projection heads of exits 2 and 4
+    n += 2 * (32 * 32 + 32) * 2 + 2 * 32  # the projection heads of exits 2 and 4, and their running means
     assert f"{n:,} parameters" in out and 'model.safetensors' in out
 
 
@@ -80,6 +81,7 @@ def test_export_holds_the_blocks_and_heads_up_to_the_exit(trained):
     assert (cfg['num_hidden_layers'], cfg['matryoshka_layers'], cfg['final_norm'], cfg['pooling']) == (4, [2, 4], False,
                                                                                                        'text')
     assert cfg['is_causal'] is False and cfg['sep_token_id'] == trained['tok'].sep_id and cfg['projection_heads']
+    assert cfg['center'] is True and 'pool_mean' in keys
     assert 'proj.{j}.fc1, proj.{j}.fc2' in cfg['mose_layout']
 
 
