@@ -85,10 +85,10 @@ def fingerprint(model, exit):
     cfg = model.config
     h = hashlib.sha256(json.dumps({k: getattr(cfg, k) for k in (
         'vocab_size', 'n_embd', 'n_head', 'n_kv_head', 'intermediate_size', 'rope_theta', 'norm_eps', 'bias',
-        'pad_id', 'sep_id', 'pooling', 'center')} | {'exit': exit}, sort_keys=True).encode())
+        'pad_id', 'sep_id', 'pooling', 'center', 'exit_norm')} | {'exit': exit}, sort_keys=True).encode())
     tensors = [('embed_tokens.weight', model.embed_tokens.weight[:cfg.vocab_size])]
     tensors += [(f'layers.{i}.{n}', p) for i, b in enumerate(model.layers[:exit]) for n, p in b.state_dict().items()]
-    if exit == cfg.n_layer and model.norm is not None:
+    if (exit == cfg.n_layer or cfg.exit_norm) and model.norm is not None:
         tensors += [(f'norm.{n}', p) for n, p in model.norm.state_dict().items()]
     if model.proj is not None:
         tensors += [(f'proj.{n}', p) for n, p in model.proj[model.exit_index(exit)].state_dict().items()]

@@ -44,7 +44,8 @@ VOCAB_KEYS = ('embed_tokens.weight', 'mlm_head.decoder.weight', 'mlm_head.decode
 LAYOUT = {
     'model.*': "transformers' Starcoder2Model (embed_tokens, layers.{i}, norm); bidirectional (is_causal=false)",
     'exit representation': "the output of block k for an exit k below num_hidden_layers (no final norm: "
-                           "final_norm=false), the final norm of the last block's output otherwise",
+                           "final_norm=false), the final norm of the last block's output otherwise; with "
+                           "exit_norm=true the final norm of block k's output at every exit k",
     'pooling': "'cls': the state of the last position (<cls>; inputs are left-padded); 'mean': the mean over "
                "real tokens; 'text': the mean over the tokens after the last <sep> (sep_token_id)",
     'pool_mean': "with center=true: row j is subtracted from exit matryoshka_layers[j]'s pooled state "
@@ -90,7 +91,8 @@ def hf_config(cfg, tok, exit, dtype):
         'pad_token_id': cfg.pad_id, 'bos_token_id': None, 'eos_token_id': None,
         'sep_token_id': cfg.sep_id, 'cls_token_id': tok.cls_id, 'mask_token_id': tok.mask_id,
         'matryoshka_layers': list(cfg.exit_layers), 'conditional_size': cfg.conditional_size,
-        'pooling': cfg.pooling, 'center': cfg.center, 'final_norm': cfg.final_norm, 'projection_heads': cfg.proj_heads,
+        'pooling': cfg.pooling, 'center': cfg.center, 'final_norm': cfg.final_norm or cfg.exit_norm,
+        'exit_norm': cfg.exit_norm, 'projection_heads': cfg.proj_heads,
         'n_classes': cfg.n_classes, 'mose_exit': exit, 'mose_tokenizer': tok.meta(), 'mose_layout': LAYOUT,
     }
 
@@ -160,7 +162,8 @@ def round_trip(small, out_dir, tok, max_len=256):
     idx = left_pad([np.asarray(s) for s in seqs], tok.pad_id)           # (B, T)
     mask = idx != tok.pad_id                                              # (B, T)
     ref = hf(input_ids=idx, attention_mask=mask.long(), output_hidden_states=True).hidden_states
-    ours = small(idx)
+    ours, n = small(idx), small.config.n_layer
+    ref = {e: hf.norm(ref[e]) if small.config.exit_norm and e < n else ref[e] for e in small.config.exit_layers}
     err['transformers'] = max(float((ours[e] - ref[e])[mask].abs().max()) for e in small.config.exit_layers)
     return err
 

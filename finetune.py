@@ -133,15 +133,17 @@ def resume_run(out_dir, config):
         raise UserError(f"init_from='resume' but {out_dir} holds no checkpoint")
     model, ckpt, where = load_model(out_dir, f"python finetune.py --task {config['task']}")
     theirs = ckpt.get('config', {})  # the settings the model and the data stream depend on
-    differ = [f"{k}={theirs.get(k)!r} here {config[k]!r}"
-              for k in ('task', 'single_exit', 'max_len', 'tokenizer', 'pooling', 'center') if theirs.get(k) != config[k]]
+    keys = ('task', 'single_exit', 'max_len', 'tokenizer', 'pooling', 'center', 'exit_norm')
+    theirs = {'center': False, 'exit_norm': False, **theirs}  # checkpoints made before these settings
+    differ = [f"{k}={theirs.get(k)!r} here {config[k]!r}" for k in keys if theirs.get(k) != config[k]]
     if differ:
         raise UserError(f"{where} is a checkpoint of another config: {', '.join(differ)}")
     print0(f"resuming from {where} at step {ckpt['step']}")
     return model, ckpt
 
 
-def finetune_model(init_from, tok, task, single_exit=0, proj_heads=True, dropout=0.1, pooling='cls', center=False):
+def finetune_model(init_from, tok, task, single_exit=0, proj_heads=True, dropout=0.1, pooling='cls', center=False,
+                   exit_norm=False):
     """The fine-tuning model of a pre-trained one (a checkpoint, a pre-training out_dir or a released
     directory): its backbone (the first single_exit layers when > 0) with the task's heads, one per
     exit, and its dropout."""
@@ -152,7 +154,7 @@ def finetune_model(init_from, tok, task, single_exit=0, proj_heads=True, dropout
         pre = pre.truncated(single_exit, keep_exits=[single_exit])
     cfg = replace(pre.config, proj_heads=task == 'retrieval' and proj_heads, n_classes=2 if task == 'clone' else 0,
                   attn_dropout=dropout, resid_dropout=dropout, embd_dropout=dropout, pooling=pooling,
-                  center=task == 'retrieval' and center, sep_id=tok.sep_id)
+                  center=task == 'retrieval' and center, exit_norm=exit_norm, sep_id=tok.sep_id)
     model = MoSE(cfg)
     ours = model.state_dict()
     load_state(model, {k: v for k, v in pre.state_dict().items() if k in ours}, where='the pre-trained model', strict=False)
@@ -305,6 +307,8 @@ if __name__ == '__main__':
     pooling = 'cls'                  # the embedding: 'cls' = the final <cls> state (paper, released models); 'mean' =
                                      # the mean over real tokens; 'text' = the mean over the text after the
                                      # instruction (what a small model trained briefly needs: README)
+    exit_norm = False                # every exit through the final LayerNorm (model.MoSEConfig.exit_norm): the paper's
+                                     # inner exits are raw; a small model's exits 2-6 retrieve better normalised (README)
     center = False                   # retrieval: pooled states minus their batch mean (model.MoSEConfig.center):
                                      # what briefly pre-trained, anisotropic states need (README)
     logit_scale = 10.0               # the paper's "temperature 10": cosine similarities x 10
@@ -371,7 +375,8 @@ if __name__ == '__main__':
         if resume:
             model, ckpt = resume_run(out_dir, config)
         else:
-            model, ckpt = finetune_model(init_from, tok, task, single_exit, proj_heads, dropout, pooling, center), {}
+            model, ckpt = finetune_model(init_from, tok, task, single_exit, proj_heads, dropout, pooling, center,
+                                             exit_norm), {}
     except (OSError, ValueError, UserError) as e:
         fail(e)
     step, data_pos = ckpt.get('step', 0), ckpt.get('data_pos', 0)

@@ -54,6 +54,9 @@ class MoSEConfig:
     pad_id: int = 0                  # padding token id (StarCoder-2's <|endoftext|>); pad keys are masked out
     sep_id: int = 49152              # <sep> id (StarCoder-2's); pooling='text' averages what follows the last one
     final_norm: bool = True          # deepest exit passes through the final LayerNorm (False once truncated below it)
+    exit_norm: bool = False          # every exit passes through that LayerNorm (shared), not only the deepest: the
+                                     # paper's inner exits are raw block outputs; a small model fine-tuned briefly
+                                     # retrieves better from normalised tokens at exits 2-6 (RESULTS.md)
     proj_heads: bool = False         # one retrieval projection head per exit (paper 4.1)
     n_classes: int = 0               # >0: one classifier per exit on <cls> (clone detection, paper 4.2)
     pooling: str = 'cls'             # retrieval embedding: 'cls' = the final <cls> state (paper Fig. 2, the released
@@ -300,7 +303,7 @@ class MoSE(nn.Module):
         self.embed_tokens = nn.Embedding(config.padded_vocab_size, config.n_embd)
         self.embd_dropout = nn.Dropout(config.embd_dropout)
         self.layers = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
-        self.norm = nn.LayerNorm(config.n_embd, eps=config.norm_eps) if config.final_norm else None
+        self.norm = nn.LayerNorm(config.n_embd, eps=config.norm_eps) if config.final_norm or config.exit_norm else None
         self.rope = RotaryEmbedding(config)
         # pre-training heads, shared by all exits and conditioned on the exit (paper 2.2)
         self.exit_embedding = nn.Embedding(len(config.exit_layers), config.conditional_size)
@@ -351,7 +354,8 @@ class MoSE(nn.Module):
         """Hidden states at the requested exits, running no block past the deepest one.
         idx: (B, T) token ids, left-padded; mask: (B, T) bool, True at real tokens
         (default: idx != pad_id). Returns {exit: (B, T, C)}: the raw output of block k
-        for k below the last layer, the final LayerNorm of it at the last layer."""
+        for k below the last layer, the final LayerNorm of it at the last layer (at every
+        exit with config.exit_norm)."""
         exits = self.config.exit_layers if exits is None else sorted(set(exits))
         for e in exits:
             self.exit_index(e)
@@ -373,8 +377,8 @@ class MoSE(nn.Module):
         for i, block in enumerate(self.layers[:exits[-1]], start=1):
             x = block(x, self.rope, mask)
             if i in exits:
-                last = i == self.config.n_layer and self.norm is not None
-                out[i] = self.norm(x) if last else x
+                normed = self.config.exit_norm or (i == self.config.n_layer and self.config.final_norm)
+                out[i] = self.norm(x) if normed else x
         return out
 
     def _condition(self, h, exit):  # (..., C) -> (..., C + conditional_size)
@@ -682,7 +686,7 @@ def config_from_hf(hf, where='config.json'):
         sep_id=hf['sep_token_id'] if hf.get('sep_token_id') is not None else MoSEConfig.sep_id,
         pooling=hf.get('pooling', 'cls'), final_norm=bool(hf.get('final_norm', True)),
         proj_heads=bool(hf.get('projection_heads', False)), n_classes=int(hf.get('n_classes', 0)),
-        center=bool(hf.get('center', False)))
+        center=bool(hf.get('center', False)), exit_norm=bool(hf.get('exit_norm', False)))
 
 
 def load_state(model, sd, where='checkpoint', strict=True):

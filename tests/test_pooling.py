@@ -77,3 +77,15 @@ def test_centring_subtracts_the_batch_mean_in_training_and_the_running_mean_in_e
     # a deployed truncation keeps its exits' running means
     small = model.truncated(1)
     assert torch.equal(small.pool_mean, model.pool_mean[:1])
+
+
+def test_exit_norm_puts_every_exit_through_the_final_layernorm():
+    tok = get_tokenizer('cl100k_base')
+    idx = left_pad([torch.tensor(tok.query_input(t, 24)).numpy() for t in ('open a socket', 'sort a list')], tok.pad_id)
+    raw, normed = tiny('text', tok), tiny('text', tok, exit_norm=True)
+    with torch.no_grad():
+        a, b = raw(idx, [1, 2]), normed(idx, [1, 2])
+        assert torch.allclose(b[1], raw.norm(a[1]), atol=1e-6) and not torch.allclose(b[1], a[1], atol=1e-2)
+        assert torch.allclose(b[2], a[2], atol=1e-6)  # the last exit was normalised already
+        small = normed.truncated(1)                    # a deployed inner exit keeps the norm
+        assert small.norm is not None and torch.allclose(small(idx, [1])[1], b[1], atol=1e-6)
