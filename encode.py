@@ -41,28 +41,46 @@ def text_inputs(tok, texts, kind, language, max_len):
     return [tok.code_input(t, l, max_len) for t, l in zip(texts, langs)]
 
 
+def batched_forward(fn, seqs, batch_size, pad_id, device='cpu', max_seq_len=None, lengths=None, what='encode',
+                    vocab_size=None):
+    """Run fn(idx (B, T) left-padded) -> {exit: (B, k)} over `seqs` (anything indexable: a list of
+    token lists, or an object building sequence i on demand) in batches of similar length: sorted
+    longest first (little padding; an out-of-memory shows at once). Returns {exit: (N, k) float32
+    on CPU} in the original order. `lengths` (default len(seqs[i])) is only used for sorting; a
+    progress bar named `what` shows on runs longer than 10 s."""
+    n = len(seqs)
+    lengths = [len(seqs[i]) for i in range(n)] if lengths is None else lengths
+    order = sorted(range(n), key=lambda i: -lengths[i])
+    out = {}
+    with tqdm(total=n, desc=what, unit='snippet', disable=not what, delay=10, mininterval=10, leave=False) as bar:
+        for s in range(0, n, batch_size):
+            ids = order[s:s + batch_size]
+            idx = left_pad([np.asarray(seqs[i]) for i in ids], pad_id, max_len=max_seq_len, vocab_size=vocab_size)
+            res = fn(idx.to(device))
+            for e, v in res.items():
+                if e not in out:
+                    out[e] = torch.empty(n, v.size(-1), dtype=torch.float32)
+                out[e][ids] = v.float().cpu()
+            bar.update(len(ids))
+    return out
+
+
 @torch.inference_mode()
 def encode_ids(model, seqs, exit, batch_size=32, autocast=None, progress=False):
     """Token lists -> (N, C) float32 numpy embeddings at `exit`, in the order given; a list of exits
-    gives {exit: (N, C)} from one forward to the deepest. Batches are cut from the sequences sorted
-    longest first: little padding, and an out-of-memory shows at once."""
+    gives {exit: (N, C)} from one forward to the deepest (batched_forward: sorted longest first)."""
     cfg, dev = model.config, next(model.parameters()).device
     exits = [exit] if isinstance(exit, int) else list(exit)
-    order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
-    out = {e: np.empty((len(seqs), cfg.n_embd), dtype=np.float32) for e in exits}
     was_training = model.training
     model.eval()
-    with tqdm(total=len(seqs), desc=f"encode exit {exit}", unit='text', disable=not progress, delay=5,
-              mininterval=5, leave=False) as bar:
-        for s in range(0, len(order), batch_size):
-            ids = order[s:s + batch_size]
-            idx = left_pad([np.asarray(seqs[i]) for i in ids], cfg.pad_id, vocab_size=cfg.vocab_size)  # (B, T)
-            with autocast or contextlib.nullcontext():
-                z = model.encode(idx.to(dev), exits)                                                  # {e: (B, C)}
-            for e in exits:
-                out[e][ids] = z[e].float().cpu().numpy()
-            bar.update(len(ids))
+
+    def fn(idx):
+        with autocast or contextlib.nullcontext():
+            return model.encode(idx, exits)                                   # {exit: (B, C)}
+    z = batched_forward(fn, seqs, batch_size, cfg.pad_id, dev, cfg.max_seq_len,
+                        what=f"encode exit {exit}" if progress else None, vocab_size=cfg.vocab_size)
     model.train(was_training)
+    out = {e: z[e].numpy() if e in z else np.empty((0, cfg.n_embd), dtype=np.float32) for e in exits}
     return out[exit] if isinstance(exit, int) else out
 
 

@@ -20,16 +20,16 @@ import time
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from baselines import bm25_scores, train_nbow
 from data import (atomic_open, load_bigclonebench, load_codesearchnet, load_codexglue_ct, load_poj104, read_pairs,
                   write_json)
+from encode import batched_forward  # the one batching of evaluate, encode_texts and search.py
 from metrics import map_at_r, mrr, mrr_at, ndcg_at, precision_recall_f1, ranked_candidates, target_ranks
 from significance import pooled, report as significance_report
 from stage import fail, make_dir, make_out_dir
 from tokenizer import get_tokenizer
-from training import UserError, autocast_context, check_model_tokenizer, left_pad, load_model
+from training import UserError, autocast_context, check_model_tokenizer, load_model
 
 
 # -----------------------------------------------------------------------------
@@ -104,30 +104,6 @@ def csn_batches(n, size=1000, seed=0):
 
 # -----------------------------------------------------------------------------
 # batching, encoding, timing
-
-def batched_forward(fn, seqs, batch_size, pad_id, device='cpu', max_seq_len=None, lengths=None, what='encode',
-                    vocab_size=None):
-    """Run fn(idx (B, T) left-padded) -> {exit: (B, k)} over `seqs` (anything indexable: a list of
-    token lists, or an object building sequence i on demand) in batches of similar length: sorted
-    longest first (little padding; an out-of-memory shows at once). Returns {exit: (N, k) float32
-    on CPU} in the original order. `lengths` (default len(seqs[i])) is only used for sorting; a
-    progress bar named `what` shows on runs longer than 10 s."""
-    n = len(seqs)
-    lengths = [len(seqs[i]) for i in range(n)] if lengths is None else lengths
-    order = sorted(range(n), key=lambda i: -lengths[i])
-    out = {}
-    with tqdm(total=n, desc=what, unit='snippet', disable=not what, delay=10, mininterval=10, leave=False) as bar:
-        for s in range(0, n, batch_size):
-            ids = order[s:s + batch_size]
-            idx = left_pad([np.asarray(seqs[i]) for i in ids], pad_id, max_len=max_seq_len, vocab_size=vocab_size)
-            res = fn(idx.to(device))
-            for e, v in res.items():
-                if e not in out:
-                    out[e] = torch.empty(n, v.size(-1), dtype=torch.float32)
-                out[e][ids] = v.float().cpu()
-            bar.update(len(ids))
-    return out
-
 
 def encoder(model, exits, autocast):
     """idx -> {exit: (B, C) L2-normalised embeddings}: one forward to the deepest exit."""
