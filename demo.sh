@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 PRETRAIN_STEPS=${PRETRAIN_STEPS:-1000}
-FINETUNE_STEPS=${FINETUNE_STEPS:-400}
+FINETUNE_STEPS=${FINETUNE_STEPS:-500}
 t0=$(date +%s)
 stage() { printf '\n=== %s (%ds so far)\n' "$1" $(( $(date +%s) - t0 )); }
 
