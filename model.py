@@ -448,10 +448,11 @@ class MoSE(nn.Module):
                 z = (h * w.to(h.dtype)).sum(1) / w.sum(1).clamp(min=1).to(h.dtype)  # (B, C)
             else:
                 z = h[:, -1]                                        # (B, C): the final <cls>
+            j = self.exit_index(e)
             if self.config.center:
-                z = self._center(z, self.exit_index(e))
+                z = self._center(z, j)
             if self.proj is not None:
-                z = self.proj[self.exit_index(e)](z)
+                z = self.proj[j](z)
             out[e] = F.normalize(z.float(), dim=-1)
         return out[exits] if single else out
 
@@ -462,8 +463,9 @@ class MoSE(nn.Module):
         if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
             from torch.distributed.nn.functional import all_reduce  # differentiable
             m = all_reduce(m) / torch.distributed.get_world_size()
-        with torch.no_grad():
-            self.pool_mean[j].lerp_(m.detach().to(self.pool_mean.dtype), momentum)
+        if torch.is_grad_enabled():  # once a batch: GradCache's no-grad pass re-encodes the same inputs
+            with torch.no_grad():
+                self.pool_mean[j].lerp_(m.detach().to(self.pool_mean.dtype), momentum)
         return z - m
 
     def classify(self, idx, exits=None, mask=None):
