@@ -375,8 +375,8 @@ if __name__ == '__main__':
         if resume:
             model, ckpt = resume_run(out_dir, config)
         else:
-            model, ckpt = finetune_model(init_from, tok, task, single_exit, proj_heads, dropout, pooling, center,
-                                             exit_norm), {}
+            model, ckpt = finetune_model(init_from, tok, task, single_exit=single_exit, proj_heads=proj_heads,
+                                         dropout=dropout, pooling=pooling, center=center, exit_norm=exit_norm), {}
     except (OSError, ValueError, UserError) as e:
         fail(e)
     step, data_pos = ckpt.get('step', 0), ckpt.get('data_pos', 0)
