@@ -65,6 +65,19 @@ def batched_forward(fn, seqs, batch_size, pad_id, device='cpu', max_seq_len=None
     return out
 
 
+def encoder(model, exits, autocast=None, head='encode'):
+    """idx -> {exit: (B, k)}, one forward to the deepest of `exits` without a graph, under autocast
+    (default float32): head 'encode' gives the L2-normalised embeddings (B, C), 'classify' the
+    classifier's logits (B, n_classes)."""
+    forward = getattr(model, head)
+
+    @torch.inference_mode()
+    def fn(idx):
+        with autocast or contextlib.nullcontext():
+            return forward(idx, list(exits))
+    return fn
+
+
 @torch.inference_mode()
 def encode_ids(model, seqs, exit, batch_size=32, autocast=None, progress=False):
     """Token lists -> (N, C) float32 numpy embeddings at `exit`, in the order given; a list of exits
@@ -73,11 +86,7 @@ def encode_ids(model, seqs, exit, batch_size=32, autocast=None, progress=False):
     exits = [exit] if isinstance(exit, int) else list(exit)
     was_training = model.training
     model.eval()
-
-    def fn(idx):
-        with autocast or contextlib.nullcontext():
-            return model.encode(idx, exits)                                   # {exit: (B, C)}
-    z = batched_forward(fn, seqs, batch_size, cfg.pad_id, dev, cfg.max_seq_len,
+    z = batched_forward(encoder(model, exits, autocast), seqs, batch_size, cfg.pad_id, dev, cfg.max_seq_len,
                         what=f"encode exit {exit}" if progress else None, vocab_size=cfg.vocab_size)
     model.train(was_training)
     out = {e: z[e].numpy() if e in z else np.empty((0, cfg.n_embd), dtype=np.float32) for e in exits}

@@ -24,7 +24,7 @@ import torch
 from baselines import bm25_scores, train_nbow
 from data import (atomic_open, load_bigclonebench, load_codesearchnet, load_codexglue_ct, load_poj104, read_pairs,
                   write_json)
-from encode import batched_forward  # the one batching of evaluate, encode_texts and search.py
+from encode import batched_forward, encoder  # the one batching of evaluate, finetune, encode_texts, search.py
 from metrics import map_at_r, mrr, mrr_at, ndcg_at, precision_recall_f1, ranked_candidates, target_ranks
 from significance import pooled, report as significance_report
 from stage import fail, make_dir, make_out_dir
@@ -105,22 +105,13 @@ def csn_batches(n, size=1000, seed=0):
 # -----------------------------------------------------------------------------
 # batching, encoding, timing
 
-def encoder(model, exits, autocast):
-    """idx -> {exit: (B, C) L2-normalised embeddings}: one forward to the deepest exit."""
-    @torch.inference_mode()
-    def fn(idx):
-        with autocast:
-            return model.encode(idx, list(exits))
-    return fn
-
-
 def clone_scorer(model, exits, autocast):
     """idx -> {exit: (B, 1) p(clone)} from each exit's classifier: one forward to the deepest exit."""
+    logits = encoder(model, exits, autocast, 'classify')
+
     @torch.inference_mode()
     def fn(idx):
-        with autocast:
-            logits = model.classify(idx, list(exits))
-        return {e: torch.softmax(v.float(), -1)[:, 1:2] for e, v in logits.items()}
+        return {e: torch.softmax(v.float(), -1)[:, 1:2] for e, v in logits(idx).items()}
     return fn
 
 

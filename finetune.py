@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from data import load_bigclonebench, read_pairs
+from encode import batched_forward, encoder
 from metrics import mrr, precision_recall_f1, target_ranks
 from model import MoSE, load_state
 from stage import MASTER, fail, make_out_dir, print0
@@ -233,49 +234,38 @@ def retrieval_step(objective, batches, weights, autocast, scale, device):
 @torch.no_grad()
 def validate(model, task, rows, tok, max_len, batch_size, autocast, device, funcs=None, eval_max=1000):
     """Retrieval: MRR per exit and kind over up to eval_max validation pairs (all of them the
-    candidates); clone: F1 per exit at p(clone) > 0.5. Ranks encode disjoint slices."""
+    candidates); clone: F1 per exit at p(clone) > 0.5. Rank r encodes pairs r, r + world, ...,
+    batch_size pairs a forward, batched as the evaluation batches (encode.batched_forward)."""
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     exits, results = list(model.config.exit_layers), {}
+    fn = encoder(model, exits, autocast, 'classify' if task == 'clone' else 'encode')
     model.eval()
     for kind in (('text-code', 'code-code') if task == 'retrieval' else ('clone',)):
         part_rows = [r for r in rows if task == 'clone' or r['kind'] == kind][:eval_max]
         if not part_rows:
             continue
-        mine = list(range(rank, len(part_rows), world))
-        out = {e: [] for e in exits}
-        for i in range(0, len(mine), batch_size):
-            part = [part_rows[j] for j in mine[i:i + batch_size]]
-            if task == 'clone':
-                seqs = [tok.pair(funcs[a], funcs[b], max_len) for a, b, _ in part]
-            else:
-                seqs = [tok.query_input(r['query'], max_len) if kind == 'text-code'
-                        else tok.code_input(r['query'], r['query_lang'], max_len) for r in part]
-                seqs += [tok.code_input(r['code'], r['code_lang'], max_len) for r in part]
-            idx = left_pad([np.asarray(s) for s in seqs], tok.pad_id, vocab_size=tok.n_vocab).to(device)
-            with autocast:
-                res = model.classify(idx, exits) if task == 'clone' else model.encode(idx, exits)
-            for e in exits:
-                out[e].append(res[e].argmax(1).cpu() if task == 'clone' else res[e].float().cpu())
-        out = {e: torch.cat(v) if v else torch.zeros(0) for e, v in out.items()}
-        gathered = [(mine, out)]
+        mine = part_rows[rank::world]
+        if task == 'clone':
+            seqs = [tok.pair(funcs[a], funcs[b], max_len) for a, b, _ in mine]
+        else:  # the queries, then their codes
+            seqs = [tok.query_input(r['query'], max_len) if kind == 'text-code'
+                    else tok.code_input(r['query'], r['query_lang'], max_len) for r in mine]
+            seqs += [tok.code_input(r['code'], r['code_lang'], max_len) for r in mine]
+        out = batched_forward(fn, seqs, batch_size * (1 if task == 'clone' else 2), tok.pad_id, device,
+                              model.config.max_seq_len, what=None, vocab_size=tok.n_vocab)
+        parts = [out]
         if world > 1:
-            gathered = [None] * world
-            dist.all_gather_object(gathered, (mine, out))
-        order = [j for m, _ in gathered for j in m]
+            parts = [None] * world
+            dist.all_gather_object(parts, out)
+        parts = [p for p in parts if p]  # a rank with no pairs returns {}
         for e in exits:
             if task == 'clone':
-                pred = torch.cat([o[e] for _, o in gathered])
-                gold = torch.tensor([part_rows[j][2] for j in order])
-                results.setdefault(e, {})['f1'] = precision_recall_f1(pred.numpy(), gold.numpy())[2]
+                pred = torch.cat([p[e].argmax(1) for p in parts])
+                gold = np.array([r[2] for w in range(world) for r in part_rows[w::world]])
+                results.setdefault(e, {})['f1'] = precision_recall_f1(pred.numpy(), gold)[2]
                 continue
-            # each rank's output is its queries' then its codes' embeddings, per batch: undo that
-            qs, cs = [], []
-            for m, o in gathered:
-                bs = [min(batch_size, len(m) - i) for i in range(0, len(m), batch_size)]
-                for chunk in torch.split(o[e], [2 * b for b in bs]):
-                    qs.append(chunk[:len(chunk) // 2])
-                    cs.append(chunk[len(chunk) // 2:])
-            q, c = torch.cat(qs), torch.cat(cs)
+            q = torch.cat([p[e][:len(p[e]) // 2] for p in parts])
+            c = torch.cat([p[e][len(p[e]) // 2:] for p in parts])
             results.setdefault(e, {})[f'mrr_{kind}'] = mrr(target_ranks((q @ c.T).numpy()))
     model.train()
     return results

@@ -207,6 +207,36 @@ def test_augmentation_never_touches_natural_language():
     assert q == CODE and c == CODE
 
 
+
+def test_validation_mrr_is_evaluate_mrr(data, tok):
+    """finetune's validation and evaluate.py rank a pool smaller than one batch of candidates alike
+    (every pair a candidate of every query): the same MRR at every exit, whatever the batch size."""
+    import contextlib
+    import evaluate
+    from data import read_pairs
+    from encode import batched_forward, encoder
+    from finetune import validate
+    seen, rows = set(), []
+    for r in read_pairs(str(data / 'valid.jsonl')) + read_pairs(str(data / 'train.jsonl')):
+        if (r['kind'], r['code']) not in seen:  # no two equal candidates in a pool: no exact ties
+            seen.add((r['kind'], r['code']))
+            rows.append(r)
+    torch.manual_seed(0)
+    m = MoSE(MoSEConfig(vocab_size=tok.n_vocab, pad_id=tok.pad_id, n_layer=4, n_embd=32, n_head=4, n_kv_head=1,
+                        intermediate_size=96, exit_layers=(2, 4), max_seq_len=128, proj_heads=True))
+    ours = validate(m, 'retrieval', rows, tok, 96, 3, contextlib.nullcontext(), 'cpu')
+    fn = encoder(m.eval(), [2, 4])  # validate leaves the model training, as it found it in finetune.py
+    encode = lambda seqs, what, lengths=None: batched_forward(fn, seqs, 5, tok.pad_id, lengths=lengths, what=None)
+    csn = {'python': [{**r, 'language': r['code_lang']} for r in rows if r['kind'] == 'text-code']}
+    theirs = {'text-code': evaluate.eval_csn(csn, tok, encode, [2, 4], 96, {})[0],
+              'code-code': evaluate.eval_code_code([r for r in rows if r['kind'] == 'code-code'], tok, encode,
+                                                   [2, 4], 96, {})[0]}
+    for kind, res in theirs.items():
+        assert res['languages' if kind == 'text-code' else 'batches'] and res['exits']['2']['mrr'] > 0
+        for e in (2, 4):
+            assert ours[e][f'mrr_{kind}'] == pytest.approx(res['exits'][str(e)]['mrr'], rel=1e-9)
+
+
 # -----------------------------------------------------------------------------
 # bad input
 
