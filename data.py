@@ -78,6 +78,16 @@ def write_json(path, obj):
         f.write('\n')
 
 
+def built_with(d, settings):
+    """True if directory d holds a manifest.json written with these settings: a complete build of
+    them, reused on a rerun."""
+    try:
+        with open(os.path.join(d, 'manifest.json')) as f:
+            return json.load(f).get('settings') == settings
+    except (OSError, ValueError):
+        return False
+
+
 # ----------------------------------------------------------------------------- ICC shards
 
 def write_shard(path, seqs, labels):

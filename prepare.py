@@ -32,161 +32,16 @@ from tqdm import tqdm
 import functions
 import sources
 from debian import LANGUAGES
+from data import built_with
 from decontaminate import (DEFAULT_EVAL_DIR, MIN_CHARS, drop_heldout_near_duplicates, eval_sources, find_contamination,
-                           load_eval_sets, report, without_files)
+                           load_eval_sets, report)
 from dedup import function_groups, minhash_dedup, normalized
-from sources import SOURCE_EXTS, file_tasks, source_text
+from icc import run_icc
+from sources import assign_splits, cap_corpus, corpus_fingerprint, file_tasks, source_text
 from stage import fail, make_dir, print0
 
 SPLITS = ('train', 'valid', 'test')  # of the functions' repositories
 CSN_LANGUAGES = ('python', 'java', 'javascript', 'go', 'ruby', 'php')  # CodeSearchNet's, written in its layout
-
-
-# ----------------------------------------------------------------------------- corpus
-
-def corpus_fingerprint(repos):
-    """sha256 over (repository, file, size, mtime): a changed corpus is rebuilt."""
-    h = hashlib.sha256()
-    for repo in sorted(repos):
-        for f in repos[repo]:
-            if isinstance(f, tuple):
-                h.update(f"{repo}\0{f[0]}\0{hashlib.sha1(f[1].encode()).hexdigest()}\n".encode())
-            else:
-                st = os.stat(f)
-                h.update(f"{repo}\0{f}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    return h.hexdigest()
-
-
-def cap_corpus(repos, limit, seed):
-    """Keep whole repositories, in a seeded order, until `limit` bytes."""
-    if not limit:
-        return repos
-    order = sorted(repos)
-    np.random.default_rng(seed).shuffle(order)
-    kept, total = {}, 0
-    for r in order:
-        size = sum(len(f[1].encode()) if isinstance(f, tuple) else os.path.getsize(f) for f in repos[r])
-        if total + size > limit and kept:
-            continue
-        kept[r], total = repos[r], total + size
-    return kept
-
-
-# ----------------------------------------------------------------------------- snippets and ICC
-
-def split_snippets(text, tok, budget):
-    """Token id lists of <= budget tokens each: the whole file if it fits, else chunks cut at line
-    boundaries (paper 2.1: snippets are files; long ones are split so each fits with <sep>, <cls>).
-    Each chunk is encoded on its own (a token never spans two snippets); a single line longer than
-    the budget is cut by tokens."""
-    ids = tok.encode(text)
-    if len(ids) <= budget:
-        return [ids] if ids else []
-    lines = text.splitlines(keepends=True)
-    if len(lines) == 1:
-        return [ids[i:i + budget] for i in range(0, len(ids), budget)]
-    # tokens per line from the one encoding: a token counts for the line where its first byte is
-    tok_start = np.cumsum(tok.token_byte_lengths()[ids]) - tok.token_byte_lengths()[ids]
-    line_start = np.cumsum([0] + [len(l.encode('utf-8')) for l in lines[:-1]])
-    counts = np.diff(np.append(np.searchsorted(tok_start, line_start), len(ids))).tolist()
-    target = max(1, budget - 16)  # re-encoding a chunk can differ by a few tokens at its edges
-    chunks, cur, n = [], [], 0
-    for line, c in zip(lines, counts):
-        if cur and n + c > target:
-            chunks.append(''.join(cur))
-            cur, n = [], 0
-        cur.append(line)
-        n += c
-    chunks.append(''.join(cur))
-    if len(chunks) == 1:  # cannot happen unless counts were off: halve
-        half = len(lines) // 2
-        chunks = [''.join(lines[:half]), ''.join(lines[half:])]
-    return [s for c in chunks for s in split_snippets(c, tok, budget)]  # re-encode; recurse if still long
-
-
-def assign_splits(sizes, fractions, seed):
-    """{repository: split}: repositories in seeded order, each to the split most behind its target
-    share of `sizes` (so a huge repository lands in the largest split). Every split with a non-zero
-    fraction gets at least one repository when there are enough."""
-    names = sorted(sizes)
-    np.random.default_rng(seed).shuffle(names)
-    splits = [s for s in fractions if fractions[s] > 0]
-    got = {s: 0 for s in splits}
-    out, total = {}, 0
-    for r in names:
-        total += sizes[r]
-        s = max(splits, key=lambda s: (fractions[s] * total - got[s], fractions[s]))
-        out[r] = s
-        got[s] += sizes[r]
-    for s in splits:
-        members = {t: [r for r in out if out[r] == t] for t in splits}
-        if not members[s] and len(names) >= len(splits):
-            donor = max(splits, key=lambda t: len(members[t]))
-            r = min(members[donor], key=lambda r: (sizes[r], r))
-            out[r] = s
-    return out
-
-
-def icc_plan(lengths, max_len, seed):
-    """Figure 2's build_concatenation over all repositories, on snippet lengths only.
-
-    lengths: per repository, the token counts of its snippets (each <= max_len - 2).
-    Returns [(label, [(repo, snippet), ...])] where every snippet appears exactly once.
-    Repository a is drawn with probability proportional to its remaining snippets (so pools drain
-    evenly), and with probability 1/2 a second repository b is interleaved: a, b, a, b, ...
-    Differences from the pseudocode, on purpose:
-    - a snippet that does not fit is left in its pool for a later sequence (sample_snippet would
-      drop it), so every snippet is used exactly once;
-    - no dangling <sep> before <cls> when the loop breaks;
-    - label 0 only if a snippet of b actually made it in. The pseudocode can break before adding
-      one (a's first snippet leaves no room); such a sequence holds one repository: label 1."""
-    rng = np.random.default_rng(seed)
-    for r, ls in enumerate(lengths):
-        for i, n in enumerate(ls):
-            if n + 2 > max_len:
-                raise ValueError(f"snippet {i} of repository {r} has {n} tokens: over max_len - 2 = {max_len - 2}")
-    pools = [list(rng.permutation(len(ls))) for ls in lengths]  # drawn from the end: without replacement
-    remaining = np.array([len(p) for p in pools], dtype=np.int64)
-    plan = []
-
-    def draw(weights):
-        c = np.cumsum(weights)
-        return int(np.searchsorted(c, rng.random() * c[-1], side='right'))
-
-    while remaining.sum():
-        a = draw(remaining)
-        is_negative = rng.random() < 0.5
-        others = remaining.copy()
-        others[a] = 0
-        b = draw(others) if is_negative and others.sum() else None
-        items, n, label = [], 1, 1  # n counts the final <cls>
-        while pools[a]:
-            i = pools[a][-1]
-            if n + 1 + lengths[a][i] > max_len:
-                break
-            items.append((a, pools[a].pop()))
-            n += 1 + lengths[a][i]
-            if b is not None and pools[b]:
-                j = pools[b][-1]
-                if n + 1 + lengths[b][j] > max_len:
-                    break
-                items.append((b, pools[b].pop()))
-                n += 1 + lengths[b][j]
-                label = 0
-        remaining[a] = len(pools[a])
-        if b is not None:
-            remaining[b] = len(pools[b])
-        plan.append((label, items))
-    return plan
-
-
-def assemble(items, snippets, sep_id, cls_id):
-    """<sep> s1 <sep> s2 ... <cls> as uint32; snippets[repo][i] are token arrays."""
-    parts = []
-    for r, i in items:
-        parts += [np.array([sep_id], np.uint32), snippets[r][i]]
-    parts.append(np.array([cls_id], np.uint32))
-    return np.concatenate(parts).astype(np.uint32)
 
 
 # ----------------------------------------------------------------------------- functions (fine-tuning data)
@@ -220,15 +75,6 @@ def collect_functions(repos, roots, languages, num_proc=1):
     print0(f"functions: {len(funcs):,} from {len(tasks):,} files in {dt:.1f}s ({len(funcs) / max(dt, 1e-9):,.0f}/s; "
            + ', '.join(f"{k} {v:,}" for k, v in sorted(per.items())) + ')')
     return funcs
-
-
-def _complete(d, settings):
-    """True if directory d holds a manifest.json written with these settings."""
-    try:
-        with open(os.path.join(d, 'manifest.json')) as f:
-            return json.load(f).get('settings') == settings
-    except (OSError, ValueError):
-        return False
 
 
 def repository_splits(repos, roots, language_of, fn_languages, fingerprint, out_dir, seed, heldout_fraction,
@@ -452,7 +298,7 @@ def build_finetune(which, source, fingerprint, split_of, fn_languages, clean, cl
                 'extraction': 'tree-sitter', **clean_settings}
     dirs = {'retrieval': os.path.join(out_dir, 'retrieval'), 'clone': os.path.join(out_dir, 'bigclonebench')}
     for w in list(which):
-        if _complete(dirs[w], settings):
+        if built_with(dirs[w], settings):
             print0(f"{w}: {dirs[w]} is complete and was built with these settings: reusing it")
             which = [x for x in which if x != w]
         elif os.path.exists(os.path.join(dirs[w], 'manifest.json')):
@@ -489,7 +335,7 @@ def train_corpus_bpe(repos, train_repos, fingerprint, out_dir, bpe_vocab, bpe_by
     tdir = os.path.join(out_dir, 'tokenizer')
     settings = {'corpus_sha256': fingerprint, 'vocab_size': bpe_vocab, 'bytes': bpe_bytes, 'seed': seed,
                 'repositories': len(train_repos)}
-    if _complete(tdir, settings):
+    if built_with(tdir, settings):
         print0(f"tokenizer: {tdir} was trained with these settings: reusing it")
         return tdir
     files = [f for r in train_repos for f in repos[r]]
@@ -515,161 +361,6 @@ def train_corpus_bpe(repos, train_repos, fingerprint, out_dir, bpe_vocab, bpe_by
     print0(f"tokenizer: byte-level BPE of {bpe_vocab:,} entries (n_vocab {tok.n_vocab:,}) trained on {stats['files']:,} "
            f"files, {stats['bytes'] / 1e6:.1f} MB of {len(train_repos)} training repositories in {time.time() - t0:.1f}s")
     return tdir
-
-
-# ----------------------------------------------------------------------------- ICC task
-
-_TOK, _BUDGET = None, None
-
-
-def snippet_budget(max_len, snippet_len=0):
-    """The longest snippet in tokens: snippet_len, or by default (max_len - 3) // 2, so that a second
-    snippet always fits and sequences mix two repositories as often as ICC needs (paper 2.1)."""
-    budget = snippet_len or (max_len - 3) // 2
-    if not 1 <= budget <= max_len - 2:
-        raise ValueError(f"snippet_len={snippet_len}: must be in [1, max_len - 2 = {max_len - 2}]")
-    return budget
-
-
-def _init_worker(name, budget):
-    global _TOK, _BUDGET
-    from tokenizer import get_tokenizer
-    _TOK, _BUDGET = get_tokenizer(name), budget
-
-
-def _tokenise_file(task):
-    """Worker: (repo index, file index, path or (path, text)) -> (ri, fi, skip reason, bytes, snippets)."""
-    ri, fi, src = task
-    text, why = source_text(src)
-    if text is None:
-        return ri, fi, why, 0, []
-    snippets = [np.array(s, dtype=np.uint32) for s in split_snippets(text, _TOK, _BUDGET)]
-    return ri, fi, None, len(text.encode('utf-8')), snippets
-
-
-def clean_icc_dir(icc_dir):
-    """Remove what an interrupted or different build left: the manifest first (so the directory
-    never looks complete while it is rewritten), then temp files and shards."""
-    removed = 0
-    if os.path.exists(os.path.join(icc_dir, 'manifest.json')):
-        os.remove(os.path.join(icc_dir, 'manifest.json'))
-    for name in sorted(os.listdir(icc_dir)):
-        if name.endswith('.tmp') or re.fullmatch(r'(train|val)_\d{4}\.bin', name):
-            os.remove(os.path.join(icc_dir, name))
-            removed += 1
-    if removed:
-        print0(f"icc: removed {removed} files of an earlier incomplete or different build")
-
-
-def tokenise_corpus(repos, tokenizer, budget, num_proc):
-    """Every file of the corpus as snippets of at most `budget` tokens, in num_proc processes.
-    Returns ({repository: its snippets in file order}, for the repositories with any, and stats)."""
-    names = sorted(repos)
-    tasks = [(ri, fi, f) for ri, r in enumerate(names) for fi, f in enumerate(repos[r])]
-    snippets = [[None] * len(repos[r]) for r in names]
-    st = {'skipped': {}, 'bytes': 0, 'tokens': 0}
-    t0 = time.time()
-    with mp.Pool(num_proc, initializer=_init_worker, initargs=(tokenizer, budget)) as pool, \
-            tqdm(total=len(tasks), desc='tokenise', unit='file', mininterval=1) as bar:
-        for ri, fi, why, nb, sn in pool.imap_unordered(_tokenise_file, tasks, chunksize=8):
-            if why:
-                st['skipped'][why] = st['skipped'].get(why, 0) + 1
-            snippets[ri][fi] = sn
-            st['bytes'] += nb
-            st['tokens'] += sum(len(s) for s in sn)
-            bar.update(1)
-    st['seconds'] = time.time() - t0
-    flat = {r: [s for fs in snippets[ri] for s in fs] for ri, r in enumerate(names)}
-    st['files'] = sum(1 for fs in snippets for f in fs if f)
-    st['empty'] = [r for r in names if not flat[r]]
-    return {r: v for r, v in flat.items() if v}, st
-
-
-def write_icc_split(icc_dir, split, snippets, tok, max_len, seed, shard_tokens):
-    """The ICC sequences of one split (icc_plan over {repository: snippets}) in shards of about
-    shard_tokens tokens. Returns its manifest entry and the largest token id."""
-    from data import write_shard
-    rs = sorted(snippets)
-    plan = icc_plan([[len(s) for s in snippets[r]] for r in rs], max_len, seed)
-    shards, seqs, labels, n_seq_tok, tot, pos, max_id = [], [], [], 0, 0, 0, 0
-    for i, (label, items) in enumerate(plan):
-        seq = assemble(items, [snippets[r] for r in rs], tok.sep_id, tok.cls_id)
-        seqs.append(seq)
-        labels.append(label)
-        n_seq_tok += len(seq)
-        max_id = max(max_id, int(seq.max()))
-        if n_seq_tok >= shard_tokens or i == len(plan) - 1:
-            shards.append(f"{split}_{len(shards):04d}.bin")
-            write_shard(os.path.join(icc_dir, shards[-1]), seqs, labels)
-            tot, pos = tot + n_seq_tok, pos + sum(labels)
-            seqs, labels, n_seq_tok = [], [], 0
-    if plan:
-        print0(f"icc {split}: {len(rs):,} repositories, {len(plan):,} sequences, {tot:,} tokens, "
-               f"mean length {tot / len(plan):,.0f}, label 0 (two repositories) {1 - pos / len(plan):.1%}")
-    return {'shards': shards, 'sequences': len(plan), 'tokens': tot, 'repositories': len(rs), 'positives': pos}, max_id
-
-
-def run_icc(repos, roots, source, fingerprint, held_out, out_dir, tokenizer, max_len, snippet_len=0, val_fraction=0.05,
-            seed=1337, shard_tokens=64 * 2 ** 20, max_bytes=0, num_proc=1, clean=None, clean_settings=None):
-    """ICC pre-training shards (paper 2.1, Fig. 2) in out_dir/icc/, split by repository; the
-    `held_out` repositories (the retrieval test split) are validation ones, never pre-trained on,
-    and the files of clean()['icc_files'] (those that contain an evaluation function) are left out.
-    The manifest is written last: its presence marks a complete dataset, reused on a rerun."""
-    from data import write_json
-    from tokenizer import get_tokenizer
-    tok = get_tokenizer(tokenizer)
-    icc_dir = os.path.join(out_dir, 'icc')
-    make_dir(icc_dir)
-    budget = snippet_budget(max_len, snippet_len)
-    settings = {'source': source, 'corpus_sha256': fingerprint, 'tokenizer': tok.meta(), 'max_len': max_len,
-                'snippet_len': budget, 'val_fraction': val_fraction, 'seed': seed, 'shard_tokens': shard_tokens,
-                'max_bytes': max_bytes, 'held_out': sorted(held_out), **(clean_settings or {})}
-    mpath = os.path.join(icc_dir, 'manifest.json')
-    if _complete(icc_dir, settings):
-        print0(f"icc: {mpath} is complete and was built with these settings: reusing it")
-        return
-    if max_len < 5:
-        raise ValueError(f"max_len={max_len}: must be >= 5 (<sep> snippet <sep> snippet <cls>)")
-    clean_icc_dir(icc_dir)
-    record = {}
-    if clean is not None:
-        c = clean()
-        repos, record = without_files(repos, roots, c['icc_files']), {'decontamination': c['record']['decontamination']}
-        print0(f"icc: {len(c['icc_files']):,} files that contain an evaluation function left out")
-    flat, st = tokenise_corpus(repos, tokenizer, budget, num_proc)
-    dt, n_tok = st['seconds'], st['tokens']
-    print0(f"icc: {len(flat):,} repositories, {st['files']:,} files, {st['bytes'] / 1e6:,.1f} MB, {n_tok:,} tokens "
-           f"in {dt:.1f}s ({n_tok / max(dt, 1e-9) / 1e6:.2f}M tokens/s on {num_proc} processes)")
-    if st['skipped']:
-        print0("icc: skipped files: " + ', '.join(f"{v:,} {k}" for k, v in sorted(st['skipped'].items())))
-    if st['empty']:
-        print0(f"icc: {len(st['empty'])} repositories with no usable file skipped (e.g. {', '.join(st['empty'][:3])})")
-    if not flat:
-        raise ValueError(f"input {source}: no usable source file in any repository "
-                         f"(extensions read: {', '.join(sorted(SOURCE_EXTS))})")
-    split_of = assign_splits({r: sum(len(s) for s in v) for r, v in flat.items() if r not in held_out},
-                             {'train': 1 - val_fraction, 'val': val_fraction}, seed)
-    split_of.update({r: 'val' for r in flat if r in held_out})
-    manifest = {'format': 'mose-icc', 'version': 1, 'tokenizer': tok.meta(), 'max_len': max_len,
-                'snippet_len': budget, 'seed': seed, 'splits': {},
-                'val_repositories': sorted(r for r in flat if split_of[r] == 'val'),
-                'max_token_id': 0, 'source': source, 'settings': settings, 'stats': {}, **record}
-    for si, split in enumerate(('train', 'val')):
-        part = {r: v for r, v in flat.items() if split_of[r] == split}
-        manifest['splits'][split], max_id = write_icc_split(icc_dir, split, part, tok, max_len, seed + si, shard_tokens)
-        manifest['max_token_id'] = max(manifest['max_token_id'], max_id)
-    n_snip = sum(len(v) for v in flat.values())
-    packed = sum(v['tokens'] for v in manifest['splits'].values()) / max(sum(v['sequences'] for v in
-                                                                             manifest['splits'].values()), 1)
-    single = (n_tok + 2 * n_snip) / max(n_snip, 1)  # one snippet a sequence: <sep> snippet <cls>
-    manifest['stats'] = {'repositories': len(flat), 'files': st['files'], 'bytes': st['bytes'], 'tokens': n_tok,
-                         'snippets': n_snip, 'skipped_files': st['skipped'],
-                         'repositories_without_files': len(st['empty']), 'mean_len_packed': packed,
-                         'mean_len_single': single, 'tokenise_seconds': dt, 'tokens_per_s': n_tok / max(dt, 1e-9)}
-    print0(f"icc: mean sequence length {packed:,.0f} tokens with ICC packing, {single:,.0f} without "
-           f"(one snippet a sequence; paper 2.1: 1,300 vs 630)")
-    write_json(mpath, manifest)  # last: its presence marks a complete dataset
-    print0(f"icc: wrote {mpath}")
 
 
 # ----------------------------------------------------------------------------- SynthCoNL, CSN, dedup bench
@@ -776,7 +467,7 @@ if __name__ == '__main__':
     bpe_bytes = 64_000_000  # cap on the source bytes the BPE is trained on (files in seeded order)
     max_len = 2048  # tokens per sequence, <sep> and <cls> included
     snippet_len = 0  # longest snippet in tokens; longer files are split at line boundaries. 0 = (max_len - 3) // 2,
-    # so that a second snippet always fits and sequences mix two repositories (snippet_budget)
+    # so that a second snippet always fits and sequences mix two repositories (icc.snippet_budget)
     val_fraction = 0.05  # ICC validation share (of bytes), split by repository
     shard_tokens = 64 * 2 ** 20  # tokens per shard file
     max_bytes = 0  # cap on the corpus bytes read (0 = all); repositories are dropped whole, in seeded order

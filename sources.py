@@ -6,14 +6,19 @@ of its files are text a person wrote:
 - '' : this Python installation's standard library and site-packages (the offline corpus);
 - a directory whose subdirectories are repositories; a Stack-v2 style jsonl(.gz) of files.
 An exclusion list (one package / repository name a line) leaves repositories out of any of them.
+The corpus as a whole: its fingerprint (a changed corpus is rebuilt), a cap in bytes by whole
+repositories, and the split of its repositories by size (assign_splits).
 
     repos, source, language_of, roots = load_corpus('debian', data_dir='data/debian', repos_per_language=150)
     for repo, path, text in iter_files(repos, roots): ...
 """
+import hashlib
 import importlib.metadata
 import os
 import re
 import sysconfig
+
+import numpy as np
 
 SOURCE_EXTS = {'.py', '.pyi', '.pyx', '.pxd', '.pxi', '.c', '.h', '.cc', '.cpp', '.cxx', '.hpp', '.hh', '.cu',
                '.cuh', '.js', '.mjs', '.ts', '.java', '.go', '.rs', '.rb', '.php', '.sh', '.pl', '.lua', '.r',
@@ -198,3 +203,56 @@ def load_corpus(inp, data_dir='data/debian', exclude='', skip_bad=False, **debia
         language_of = {r: 'python' if not inp else None for r in repos}
         roots = {r: os.path.join(inp, r) for r in repos} if inp and os.path.isdir(inp) else {}
     return repos, source, language_of, roots
+
+
+# ----------------------------------------------------------------------------- the corpus as a whole
+
+def corpus_fingerprint(repos):
+    """sha256 over (repository, file, size, mtime): a changed corpus is rebuilt."""
+    h = hashlib.sha256()
+    for repo in sorted(repos):
+        for f in repos[repo]:
+            if isinstance(f, tuple):
+                h.update(f"{repo}\0{f[0]}\0{hashlib.sha1(f[1].encode()).hexdigest()}\n".encode())
+            else:
+                st = os.stat(f)
+                h.update(f"{repo}\0{f}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def cap_corpus(repos, limit, seed):
+    """Keep whole repositories, in a seeded order, until `limit` bytes."""
+    if not limit:
+        return repos
+    order = sorted(repos)
+    np.random.default_rng(seed).shuffle(order)
+    kept, total = {}, 0
+    for r in order:
+        size = sum(len(f[1].encode()) if isinstance(f, tuple) else os.path.getsize(f) for f in repos[r])
+        if total + size > limit and kept:
+            continue
+        kept[r], total = repos[r], total + size
+    return kept
+
+
+def assign_splits(sizes, fractions, seed):
+    """{repository: split}: repositories in seeded order, each to the split most behind its target
+    share of `sizes` (so a huge repository lands in the largest split). Every split with a non-zero
+    fraction gets at least one repository when there are enough."""
+    names = sorted(sizes)
+    np.random.default_rng(seed).shuffle(names)
+    splits = [s for s in fractions if fractions[s] > 0]
+    got = {s: 0 for s in splits}
+    out, total = {}, 0
+    for r in names:
+        total += sizes[r]
+        s = max(splits, key=lambda s: (fractions[s] * total - got[s], fractions[s]))
+        out[r] = s
+        got[s] += sizes[r]
+    for s in splits:
+        members = {t: [r for r in out if out[r] == t] for t in splits}
+        if not members[s] and len(names) >= len(splits):
+            donor = max(splits, key=lambda t: len(members[t]))
+            r = min(members[donor], key=lambda r: (sizes[r], r))
+            out[r] = s
+    return out

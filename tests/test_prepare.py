@@ -17,7 +17,8 @@ import pytest
 
 import data
 import dedup
-import prepare
+import icc
+import sources
 from tokenizer import get_tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -36,7 +37,7 @@ def run_prepare(*args, cwd=ROOT):
 def test_split_snippets(rel, budget):
     tok = get_tokenizer()
     text = open(os.path.join(STDLIB, rel), encoding='utf-8').read()
-    parts = prepare.split_snippets(text, tok, budget)
+    parts = icc.split_snippets(text, tok, budget)
     assert all(0 < len(p) <= budget for p in parts)
     assert ''.join(tok.decode(p) for p in parts) == text  # nothing lost, nothing doubled
     if len(tok.encode(text)) <= budget:
@@ -49,7 +50,7 @@ def test_split_snippets(rel, budget):
 def test_split_snippets_single_long_line():
     tok = get_tokenizer()
     text = 'x = [' + ', '.join(str(i) for i in range(500)) + ']'
-    parts = prepare.split_snippets(text, tok, 64)
+    parts = icc.split_snippets(text, tok, 64)
     assert all(len(p) <= 64 for p in parts) and sum(parts, []) == tok.encode(text)
 
 
@@ -63,7 +64,7 @@ def random_lengths(n_repos, seed, lo=5, hi=300):
 @pytest.mark.parametrize('max_len,seed', [(1024, 0), (2048, 1), (512, 2)])
 def test_icc_plan_and_assemble(max_len, seed):
     lengths = random_lengths(60, seed)
-    plan = prepare.icc_plan(lengths, max_len, seed)
+    plan = icc.icc_plan(lengths, max_len, seed)
     used = [x for _, items in plan for x in items]
     assert sorted(used) == sorted((r, i) for r, ls in enumerate(lengths) for i in range(len(ls)))  # each once
     # fake snippets whose tokens encode their provenance: token = 1000 * repo + index
@@ -71,7 +72,7 @@ def test_icc_plan_and_assemble(max_len, seed):
     SEP, CLS = 10 ** 6, 10 ** 6 + 1
     n0 = 0
     for label, items in plan:
-        seq = prepare.assemble(items, snippets, SEP, CLS)
+        seq = icc.assemble(items, snippets, SEP, CLS)
         assert seq.dtype == np.uint32 and len(seq) <= max_len
         assert seq[0] == SEP and seq[-1] == CLS and (seq == CLS).sum() == 1
         # split at <sep>: each piece is exactly one snippet, in plan order
@@ -89,15 +90,15 @@ def test_icc_plan_and_assemble(max_len, seed):
             assert all((r == a) == (k % 2 == 0) for k, (r, _) in enumerate(items[:2 * min(
                 sum(r == a for r, _ in items), sum(r != a for r, _ in items))]))
     assert 0.35 < n0 / len(plan) < 0.6  # paper 2.1: 50% of sequences mix two repositories
-    assert prepare.icc_plan(lengths, max_len, seed) == plan  # deterministic
+    assert icc.icc_plan(lengths, max_len, seed) == plan  # deterministic
 
 
 def test_icc_plan_label_when_second_repo_never_fits():
     # every snippet fills the sequence: the pseudocode breaks before any snippet of b -> label 1
-    plan = prepare.icc_plan([[98] * 5, [98] * 5, [98] * 3], 100, 0)
+    plan = icc.icc_plan([[98] * 5, [98] * 5, [98] * 3], 100, 0)
     assert len(plan) == 13 and all(label == 1 and len(items) == 1 for label, items in plan)
     with pytest.raises(ValueError, match="over max_len - 2 = 98"):
-        prepare.icc_plan([[99]], 100, 0)
+        icc.icc_plan([[99]], 100, 0)
 
 
 @pytest.mark.parametrize('seed', [0, 1, 2])
@@ -105,15 +106,15 @@ def test_assign_splits_by_repository(seed):
     sizes = {f'r{i}': int(s) for i, s in enumerate(np.random.default_rng(seed).integers(1, 100, 50))}
     sizes['huge'] = 10_000
     fr = {'train': 0.8, 'valid': 0.1, 'test': 0.1}
-    out = prepare.assign_splits(sizes, fr, seed)
+    out = sources.assign_splits(sizes, fr, seed)
     assert set(out) == set(sizes) and set(out.values()) == set(fr)  # each repository in exactly one split
     assert out['huge'] == 'train'
-    assert out == prepare.assign_splits(sizes, fr, seed)
+    assert out == sources.assign_splits(sizes, fr, seed)
     small = {r: s for r, s in sizes.items() if r != 'huge'}
-    out = prepare.assign_splits(small, fr, seed)
+    out = sources.assign_splits(small, fr, seed)
     share = sum(s for r, s in small.items() if out[r] == 'valid') / sum(small.values())
     assert 0.05 < share < 0.15
-    assert set(prepare.assign_splits({'a': 1, 'b': 1}, {'train': 0.95, 'val': 0.05}, seed).values()) == {'train', 'val'}
+    assert set(sources.assign_splits({'a': 1, 'b': 1}, {'train': 0.95, 'val': 0.05}, seed).values()) == {'train', 'val'}
 
 
 # ----------------------------------------------------------------------------- MinHash
