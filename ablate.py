@@ -25,9 +25,8 @@ import time
 import numpy as np
 
 from data import atomic_open, write_json
-from evaluate import format_table
 from metrics import mrr
-from stage import fail, make_out_dir
+from stage import fail, format_table, make_out_dir
 from training import UserError, list_checkpoints, load_checkpoint, load_model
 
 HERE = os.path.dirname(os.path.abspath(__file__))

@@ -1,6 +1,7 @@
 """
 The baselines every retrieval table stands next to (evaluate.py prints them on the same batches):
 
+- chance: the expected MRR of a random ranking of each batch (chance_mrr).
 - BM25 (Robertson and Zaragoza 2009): lexical, untrained; identifiers split at snake_case and camelCase.
 - NBoW: CodeSearchNet's neural bag of words (Husain et al. 2019, github/CodeSearchNet
   `src/encoders/nbow_seq_encoder.py`), the learned floor: one token-embedding table shared by
@@ -17,6 +18,8 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from metrics import target_ranks
 
 _TERM = re.compile(r'[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+')
 
@@ -101,3 +104,17 @@ def train_nbow(pairs, tok, dim=128, epochs=5, batch_size=512, lr=1e-2, scale=20.
     model.eval()
     return model, {'epochs': epoch, 'steps': steps, 'pairs_seen': seen, 'seconds': round(time.time() - t0, 1),
                    'final_loss': round(loss, 4), 'pairs': len(pairs)}
+
+
+# ----------------------------------------------------------------------------- on the model's batches
+
+def baseline_ranks(score, queries, docs, batches):
+    """Ranks of a baseline on the same batches as the model: score(queries, docs) -> (q, n) scores
+    of the texts of one batch."""
+    return np.concatenate([target_ranks(score([queries[i] for i in b], [docs[i] for i in b])) for b in batches])
+
+
+def chance_mrr(batches):
+    """Expected MRR of a random ranking: 1/n sum_r 1/r for a batch of n candidates, averaged over queries."""
+    sizes = np.array([len(b) for b in batches], dtype=np.float64)
+    return float(np.sum([np.sum(1.0 / np.arange(1, n + 1)) for n in sizes]) / sizes.sum())

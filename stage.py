@@ -1,7 +1,8 @@
 """
 What every stage script (prepare, pretrain, finetune, evaluate) shares: printing on rank 0 only,
 and the one-line exit on bad input, which first takes back the output directories the run
-created while they are still empty, so that a run stopped early leaves nothing behind.
+created while they are still empty, so that a run stopped early leaves nothing behind; a `note:`
+line, and the plain-text tables evaluate.py and ablate.py print.
 """
 import os
 import sys
@@ -38,3 +39,15 @@ def make_out_dir(path):
             pass
     except OSError as e:
         fail(f"out_dir {path!r} is not writable ({e.strerror or e})")
+
+
+def note(msg):
+    """What a run skipped or chose for the user, on one line."""
+    print(f"note: {msg}")
+
+
+def format_table(header, rows):
+    """Right-aligned columns; the first column left-aligned."""
+    cells = [header] + [[str(x) for x in r] for r in rows]
+    w = [max(len(r[j]) for r in cells) for j in range(len(header))]
+    return '\n'.join('  '.join(x.ljust(w[j]) if j == 0 else x.rjust(w[j]) for j, x in enumerate(r)) for r in cells)

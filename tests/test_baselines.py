@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from baselines import train_nbow
-from evaluate import chance_mrr, mrr, target_ranks
+from baselines import chance_mrr, train_nbow
+from metrics import mrr, target_ranks
 from tokenizer import get_tokenizer
 
 WORDS = ('socket retry timeout parse json file read write open close list sort merge split join path url http '

@@ -16,9 +16,12 @@ import numpy as np
 import pytest
 import torch
 
+import benchmarks
 import evaluate as ev
+import metrics
 from configurator import apply_config
 from model import MoSE, MoSEConfig, config_to_dict
+from stage import format_table
 from tokenizer import get_tokenizer
 from training import save_checkpoint
 
@@ -71,13 +74,13 @@ def test_tie_rule_hand_case():
                   [0.2, 0.9, 0.9, 0.0],
                   [0.3, 0.1, 0.3, 0.0],
                   [0.1, 0.1, 0.1, 0.7]])
-    assert ev.target_ranks(S).tolist() == [2, 2, 2, 1]
-    assert ev.mrr([2, 2, 2, 1]) == pytest.approx((0.5 * 3 + 1) / 4)
+    assert metrics.target_ranks(S).tolist() == [2, 2, 2, 1]
+    assert metrics.mrr([2, 2, 2, 1]) == pytest.approx((0.5 * 3 + 1) / 4)
     # NDCG@10 with one relevant item: 1/log2(rank+1); rank 11 is outside the cut
-    assert ev.ndcg_at([1, 2, 11], 10) == pytest.approx((1 + 1 / np.log2(3) + 0) / 3)
-    assert ev.mrr_at([1, 2, 101], 100) == pytest.approx((1 + 0.5 + 0) / 3)
+    assert metrics.ndcg_at([1, 2, 11], 10) == pytest.approx((1 + 1 / np.log2(3) + 0) / 3)
+    assert metrics.mrr_at([1, 2, 101], 100) == pytest.approx((1 + 0.5 + 0) / 3)
     # every candidate tied: the target is last of all
-    assert ev.target_ranks(np.ones((3, 3))).tolist() == [3, 3, 3]
+    assert metrics.target_ranks(np.ones((3, 3))).tolist() == [3, 3, 3]
 
 
 @pytest.mark.parametrize('seed', [0, 1, 2])
@@ -85,14 +88,14 @@ def test_mrr_ndcg_equal_independent_loops_with_ties(seed):
     rng = np.random.default_rng(seed)
     S = rng.integers(0, 4, size=(60, 60)).astype(np.float32)  # 4 distinct values: ties everywhere
     targets = rng.integers(0, 60, size=60)
-    ranks = ev.target_ranks(S, targets)
+    ranks = metrics.target_ranks(S, targets)
     ref = [rank_by_sorting(S[i].tolist(), int(targets[i])) for i in range(60)]
     assert ranks.tolist() == ref
-    assert ev.mrr(ranks) == pytest.approx(sum(1 / r for r in ref) / 60)
+    assert metrics.mrr(ranks) == pytest.approx(sum(1 / r for r in ref) / 60)
     dcg = [1 / np.log2(r + 1) if r <= 10 else 0 for r in ref]
-    assert ev.ndcg_at(ranks, 10) == pytest.approx(sum(dcg) / 60)
+    assert metrics.ndcg_at(ranks, 10) == pytest.approx(sum(dcg) / 60)
     # the prediction order puts the target exactly at its rank
-    order = ev.ranked_candidates(S, targets)
+    order = metrics.ranked_candidates(S, targets)
     assert [int(np.where(order[i] == targets[i])[0][0]) + 1 for i in range(60)] == ref
     assert all(np.all(np.diff(S[i, order[i]]) <= 0) for i in range(60))  # best first
 
@@ -102,7 +105,7 @@ def test_mrr_ndcg_equal_pytrec_eval(seed):
     pytrec_eval = pytest.importorskip('pytrec_eval')
     rng = np.random.default_rng(seed)
     S = rng.integers(0, 5, size=(40, 40)).astype(np.float64)
-    ranks = ev.target_ranks(S)
+    ranks = metrics.target_ranks(S)
     # trec_eval breaks ties by document id, descending; naming the target 'a' and every other
     # candidate 'c...' puts the target after its ties: the pessimistic rule of benchmarks.md
     qrel, run = {}, {}
@@ -111,8 +114,8 @@ def test_mrr_ndcg_equal_pytrec_eval(seed):
         qrel[f'q{i}'] = {'a': 1}
         run[f'q{i}'] = {name(j): float(S[i, j]) for j in range(40)}
     res = pytrec_eval.RelevanceEvaluator(qrel, {'recip_rank', 'ndcg_cut_10'}).evaluate(run)
-    assert ev.mrr(ranks) == pytest.approx(np.mean([r['recip_rank'] for r in res.values()]))
-    assert ev.ndcg_at(ranks, 10) == pytest.approx(np.mean([r['ndcg_cut_10'] for r in res.values()]))
+    assert metrics.mrr(ranks) == pytest.approx(np.mean([r['recip_rank'] for r in res.values()]))
+    assert metrics.ndcg_at(ranks, 10) == pytest.approx(np.mean([r['ndcg_cut_10'] for r in res.values()]))
 
 
 def test_map_at_r_hand_case():
@@ -130,7 +133,7 @@ def test_map_at_r_hand_case():
         [.1, .1, .2, .7, 0, .3],   # q4 (B; R=1 item 3): [3] -> 1
         [.5, .5, .5, .5, .5, 0],   # q5: R=0
     ])
-    score, answers = ev.map_at_r(S, labels)
+    score, answers = metrics.map_at_r(S, labels)
     assert score == pytest.approx((0.5 + 1 + 0 + 0 + 1) / 5)
     assert [a.tolist() if a is not None else None for a in answers] == [[1, 3], [0, 2], [3, 5], [0], [3], None]
     # and the official evaluator's rule on these answer lists gives the same number
@@ -145,8 +148,8 @@ def test_map_at_r_random_with_ties_equals_official_rule(seed):
     labels = rng.integers(0, 5, size=n).astype(str)
     X = rng.integers(0, 3, size=(n, 4)).astype(np.float64)
     S = X @ X.T  # integer scores: many ties
-    score, answers = ev.map_at_r(S, labels, chunk=7)  # chunking must not matter
-    assert score == pytest.approx(ev.map_at_r(S, labels)[0])
+    score, answers = metrics.map_at_r(S, labels, chunk=7)  # chunking must not matter
+    assert score == pytest.approx(metrics.map_at_r(S, labels)[0])
     gold = {i: [j for j in range(n) if labels[j] == labels[i] and j != i] for i in range(n)}
     gold = {i: g for i, g in gold.items() if g}
     preds = {i: answers[i].tolist() for i in gold}
@@ -156,7 +159,7 @@ def test_map_at_r_random_with_ties_equals_official_rule(seed):
     # pessimistic ties: the answers of a query, by score, are best first
     assert all(np.all(np.diff(S[i, preds[i]]) <= 0) for i in gold)
     # a callable giving rows on demand (how evaluate.py avoids the N x N matrix) agrees
-    assert ev.map_at_r(lambda a, b: S[a:b], labels, chunk=10)[0] == pytest.approx(score)
+    assert metrics.map_at_r(lambda a, b: S[a:b], labels, chunk=10)[0] == pytest.approx(score)
 
 
 @pytest.mark.parametrize('seed', [0, 1, 2])
@@ -164,11 +167,11 @@ def test_precision_recall_f1_equal_sklearn(seed):
     from sklearn.metrics import f1_score, precision_score, recall_score
     rng = np.random.default_rng(seed)
     gold, pred = rng.integers(0, 2, 200), rng.integers(0, 2, 200)
-    assert ev.precision_recall_f1(pred, gold) == pytest.approx(
+    assert metrics.precision_recall_f1(pred, gold) == pytest.approx(
         (precision_score(gold, pred), recall_score(gold, pred), f1_score(gold, pred)))
     # degenerate: no predicted positives -> 0, as scikit-learn's zero_division default
     z = np.zeros(10, dtype=int)
-    assert ev.precision_recall_f1(z, np.ones(10, dtype=int)) == (0.0, 0.0, 0.0)
+    assert metrics.precision_recall_f1(z, np.ones(10, dtype=int)) == (0.0, 0.0, 0.0)
 
 
 @pytest.mark.parametrize('n', [2500, 3000, 999, 1000, 1, 0])
@@ -180,7 +183,7 @@ def test_csn_batches_reproduce_the_seed0_protocol(n):
         np.random.shuffle(idx)
     finally:
         np.random.set_state(state)
-    batches = ev.csn_batches(n, 1000, seed=0)
+    batches = benchmarks.csn_batches(n, 1000, seed=0)
     if n == 0:
         assert batches == []
         return
@@ -190,7 +193,7 @@ def test_csn_batches_reproduce_the_seed0_protocol(n):
     assert len(batches) == n // 1000 and all(len(b) == 1000 for b in batches)  # last partial batch dropped
     assert np.concatenate(batches).tolist() == idx[:n // 1000 * 1000].tolist()
     before = np.random.get_state()[1].copy()
-    ev.csn_batches(n)
+    benchmarks.csn_batches(n)
     assert np.array_equal(np.random.get_state()[1], before)  # the global generator is untouched
 
 
@@ -217,7 +220,7 @@ def test_exit_flag_stays_a_string_and_parse_exits():
 
 
 def test_format_table_aligns():
-    out = ev.format_table(['exit', 'MRR'], [['4', '1.5'], ['36', '10.25']]).splitlines()
+    out = format_table(['exit', 'MRR'], [['4', '1.5'], ['36', '10.25']]).splitlines()
     assert len({len(l) for l in out}) == 1 and out[2].startswith('36 ')
 
 
@@ -275,7 +278,7 @@ def test_clone_scorer_and_pair_inputs():
     funcs = {'1': 'int a() { return 1; }', '2': 'int b() {\n  int x = 2;\n  return x;\n}',
              '3': 'void c() {}' * 40}
     pairs = [('1', '2', 1), ('2', '3', 0), ('3', '3', 1), ('1', '3', 0)]
-    inputs = ev.PairInputs(TOK, funcs, pairs, 64)
+    inputs = benchmarks.PairInputs(TOK, funcs, pairs, 64)
     assert inputs.lengths == [len(inputs[i]) for i in range(len(pairs))]  # exact lengths
     assert max(inputs.lengths) == 64
     p = ev.batched_forward(ev.clone_scorer(m, [2, 4], torch.autocast('cpu', enabled=False)), inputs, 3,
@@ -293,13 +296,13 @@ def test_retrieval_metrics_predictions_rescore_to_the_same_mrr():
     c = torch.nn.functional.normalize(q + 0.8 * torch.randn(30, 8), dim=1)
     c[5] = c[4]  # a duplicate candidate: a tie
     ids = [f"u{i}" for i in range(30)]
-    batches = ev.csn_batches(30, 10)
-    ranks, preds = ev.retrieval_metrics(q, c, batches, ids, top=4)
+    batches = benchmarks.csn_batches(30, 10)
+    ranks, preds = benchmarks.retrieval_metrics(q, c, batches, ids, top=4)
     assert len(preds) == 30 and all(len(a) == 4 for _, a in preds)
     got = {qid: a for qid, a in preds}
-    assert official_mrr({u: u for u in ids}, got) == pytest.approx(ev.mrr_at(ranks, 4))
-    _, full = ev.retrieval_metrics(q, c, batches, ids, top=None)
-    assert official_mrr({u: u for u in ids}, dict(full)) == pytest.approx(ev.mrr(ranks))
+    assert official_mrr({u: u for u in ids}, got) == pytest.approx(metrics.mrr_at(ranks, 4))
+    _, full = benchmarks.retrieval_metrics(q, c, batches, ids, top=None)
+    assert official_mrr({u: u for u in ids}, dict(full)) == pytest.approx(metrics.mrr(ranks))
 
 
 def test_plot_tradeoff_with_a_stub_matplotlib(tmp_path, monkeypatch):

@@ -1,5 +1,6 @@
 """Tests of finetune.py. Run: python -m pytest tests/test_finetune.py -q"""
 import ast
+import contextlib
 import json
 import os
 import subprocess
@@ -9,7 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from finetune import augment_code, augment_rng, clip_loss, retrieval_texts
+import benchmarks
+from data import read_pairs
+from encode import batched_forward, encoder
+from finetune import augment_code, augment_rng, clip_loss, retrieval_texts, validate
 from helpers import stdlib_sources
 from metrics import mrr, target_ranks
 from model import MoSE, MoSEConfig, config_to_dict
@@ -211,11 +215,6 @@ def test_augmentation_never_touches_natural_language():
 def test_validation_mrr_is_evaluate_mrr(data, tok):
     """finetune's validation and evaluate.py rank a pool smaller than one batch of candidates alike
     (every pair a candidate of every query): the same MRR at every exit, whatever the batch size."""
-    import contextlib
-    import evaluate
-    from data import read_pairs
-    from encode import batched_forward, encoder
-    from finetune import validate
     seen, rows = set(), []
     for r in read_pairs(str(data / 'valid.jsonl')) + read_pairs(str(data / 'train.jsonl')):
         if (r['kind'], r['code']) not in seen:  # no two equal candidates in a pool: no exact ties
@@ -228,9 +227,9 @@ def test_validation_mrr_is_evaluate_mrr(data, tok):
     fn = encoder(m.eval(), [2, 4])  # validate leaves the model training, as it found it in finetune.py
     encode = lambda seqs, what, lengths=None: batched_forward(fn, seqs, 5, tok.pad_id, lengths=lengths, what=None)
     csn = {'python': [{**r, 'language': r['code_lang']} for r in rows if r['kind'] == 'text-code']}
-    theirs = {'text-code': evaluate.eval_csn(csn, tok, encode, [2, 4], 96, {})[0],
-              'code-code': evaluate.eval_code_code([r for r in rows if r['kind'] == 'code-code'], tok, encode,
-                                                   [2, 4], 96, {})[0]}
+    theirs = {'text-code': benchmarks.eval_csn(csn, tok, encode, [2, 4], 96, {})[0],
+              'code-code': benchmarks.eval_code_code([r for r in rows if r['kind'] == 'code-code'], tok, encode,
+                                                     [2, 4], 96, {})[0]}
     for kind, res in theirs.items():
         assert res['languages' if kind == 'text-code' else 'batches'] and res['exits']['2']['mrr'] > 0
         for e in (2, 4):
