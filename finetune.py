@@ -231,6 +231,19 @@ def retrieval_step(objective, batches, weights, autocast, scale, device):
     return stats
 
 
+def report_step(out_dir, step, max_steps, stats, weights, lr, seen, dt, steps, world_size):
+    """Log and print the step's statistics, stats (n_exits, 2): loss, accuracy of this rank's last
+    step, averaged over ranks; `seen` pairs in dt seconds over the `steps` steps since the last report."""
+    exits = list(weights)
+    st = (all_reduce_sum(stats.detach().clone()) / world_size).tolist()  # (n_exits, 2)
+    loss = sum(weights[e] * s[0] for e, s in zip(exits, st))
+    append_log(out_dir, {'step': step, 'loss': loss, 'lr': lr, 'pairs_s': seen / dt,
+                         'exits': {str(e): {'loss': s[0], 'acc': s[1]} for e, s in zip(exits, st)}})
+    per_exit = ' '.join(f"{e}:{s[0]:.3f}/{s[1]:.2f}" for e, s in zip(exits, st))
+    print0(f"step {step}/{max_steps} | loss {loss:.4f} | exit:loss/acc {per_exit} | lr {lr:.2e} | "
+           f"{seen / dt:,.1f} pairs/s | eta {(max_steps - step) * dt / steps / 60:.1f}m")
+
+
 @torch.no_grad()
 def validate(model, task, rows, tok, max_len, batch_size, autocast, device, funcs=None, eval_max=1000):
     """Retrieval: MRR per exit and kind over up to eval_max validation pairs (all of them the
@@ -320,6 +333,7 @@ if __name__ == '__main__':
     compile = False
     seed = 1337
     # -------------------------------------------------------------------------
+    config = {}  # every setting by name, filled in by the configurator
     exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())  # -> config
     # -------------------------------------------------------------------------
 
@@ -362,11 +376,9 @@ if __name__ == '__main__':
     # model: the newest checkpoint of out_dir, or a pre-trained one with the task's heads
     resume = init_from == 'resume'
     try:
-        if resume:
-            model, ckpt = resume_run(out_dir, config)
-        else:
-            model, ckpt = finetune_model(init_from, tok, task, single_exit=single_exit, proj_heads=proj_heads,
-                                         dropout=dropout, pooling=pooling, center=center, exit_norm=exit_norm), {}
+        model, ckpt = resume_run(out_dir, config) if resume else (finetune_model(
+            init_from, tok, task, single_exit=single_exit, proj_heads=proj_heads, dropout=dropout, pooling=pooling,
+            center=center, exit_norm=exit_norm), {})
     except (OSError, ValueError, UserError) as e:
         fail(e)
     step, data_pos = ckpt.get('step', 0), ckpt.get('data_pos', 0)
@@ -422,14 +434,8 @@ if __name__ == '__main__':
         data_pos += rows_per_step
         seen += rows_per_step
         if step % log_interval == 0 or step == max_steps:
-            st = (all_reduce_sum(stats.detach().clone()) / world_size).tolist()  # (n_exits, 2): loss, accuracy
-            dt = time.time() - t_log
-            loss = sum(weights[e] * s[0] for e, s in zip(exits, st))
-            append_log(out_dir, {'step': step, 'loss': loss, 'lr': lr, 'pairs_s': seen / dt,
-                                 'exits': {str(e): {'loss': s[0], 'acc': s[1]} for e, s in zip(exits, st)}})
-            per_exit = ' '.join(f"{e}:{s[0]:.3f}/{s[1]:.2f}" for e, s in zip(exits, st))
-            print0(f"step {step}/{max_steps} | loss {loss:.4f} | exit:loss/acc {per_exit} | lr {lr:.2e} | "
-                   f"{seen / dt:,.1f} pairs/s | eta {(max_steps - step) * dt / (step - step_logged) / 60:.1f}m")
+            report_step(out_dir, step, max_steps, stats, weights, lr, seen, time.time() - t_log, step - step_logged,
+                        world_size)
             t_log, step_logged, seen = time.time(), step, 0
         if step % eval_interval == 0 or step == max_steps:
             report_eval()
