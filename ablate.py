@@ -216,6 +216,7 @@ if __name__ == '__main__':
     _own = set(globals()) - _before - {'_before'}
     _argv, _rest = split_argv(sys.argv[1:], _own)
     sys.argv = [sys.argv[0]] + _argv  # the configurator reads ablate.py's own settings; the rest is finetune.py's
+    config = {}  # every setting by name, filled in by the configurator
     exec(open(os.path.join(HERE, 'configurator.py')).read())  # -> config
     passthrough = _rest
     # -------------------------------------------------------------------------

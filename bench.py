@@ -180,7 +180,7 @@ def profile_model_step():
                        f'attention, {n_layer} blocks, mask None': 1000 * n_layer * timed(attn(None)),
                        f'attention, {n_layer} blocks, all-True mask': 1000 * n_layer * timed(attn(ones))}
     model.zero_grad(set_to_none=True)
-    del hs, q, k, v, gy
+    hs = q = k = v = gy = None  # freed before the profile
 
     from torch.profiler import ProfilerActivity, profile as tprofile
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device_type == 'cuda' else [])

@@ -367,6 +367,7 @@ if __name__ == '__main__':
     threads = 0                      # CPU threads for torch; 0 = torch's default. On a CPU shared with other jobs,
                                      # fewer threads than cores avoids OpenMP spin-waits
     # -------------------------------------------------------------------------
+    config = {}  # every setting by name, filled in by the configurator
     exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())  # -> config
     # -------------------------------------------------------------------------
 

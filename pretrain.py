@@ -82,6 +82,7 @@ dtype = 'auto'                   # 'auto': bfloat16 autocast where bf16 matmuls 
 compile = False                  # torch.compile the model and loss
 seed = 1337
 # -----------------------------------------------------------------------------
+config = {}  # every setting by name, filled in by the configurator
 exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())  # -> config
 # -----------------------------------------------------------------------------
 

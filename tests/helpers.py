@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from data import write_shard
+from model import MoSEConfig
 from tokenizer import get_tokenizer
 
 
@@ -82,3 +83,12 @@ def left_pad(rows, T, pad=0):
     for i, r in enumerate(rows):
         out[i, T - len(r):] = torch.tensor(r)
     return out
+
+
+def tiny_config(**kw):
+    """A 6-layer, 32-wide model config with exits 2, 4, 6 and no dropout; `kw` overrides."""
+    base = dict(vocab_size=100, n_layer=6, n_embd=32, n_head=4, n_kv_head=2, intermediate_size=96,
+                max_seq_len=64, exit_layers=(2, 4, 6), attn_dropout=0.0, resid_dropout=0.0, embd_dropout=0.0,
+                pad_id=0)
+    base.update(kw)
+    return MoSEConfig(**base)

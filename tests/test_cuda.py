@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import model as model_module
-from helpers import left_pad, make_icc_dataset, randomize, stdlib_sources
+from helpers import left_pad, make_icc_dataset, randomize, stdlib_sources, tiny_config
 from model import MoSE, MoSEConfig, attention, config_to_dict
 from training import list_checkpoints, load_checkpoint, mask_tokens, save_checkpoint
 
@@ -38,14 +38,6 @@ needs_flash = pytest.mark.skipif(HAS_CUDA and model_module.flash_attn_varlen_fun
 # is 8u, so a kernel that loses more than a few bits (fp16 overflow, a bf16 accumulation, a wrong
 # mask) fails while ordinary rounding passes.
 BF16_REL = 8 * 2 ** -8
-
-
-def tiny_config(**kw):
-    base = dict(vocab_size=100, n_layer=6, n_embd=32, n_head=4, n_kv_head=2, intermediate_size=96,
-                max_seq_len=64, exit_layers=(2, 4, 6), attn_dropout=0.0, resid_dropout=0.0, embd_dropout=0.0,
-                pad_id=0)
-    base.update(kw)
-    return MoSEConfig(**base)
 
 
 

@@ -7,18 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import left_pad, randomize
+from helpers import left_pad, randomize, tiny_config
 from model import MoSE, MoSEConfig, attention, config_from_dict
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def tiny_config(**kw):
-    base = dict(vocab_size=100, n_layer=6, n_embd=32, n_head=4, n_kv_head=2, intermediate_size=96,
-                max_seq_len=64, exit_layers=(2, 4, 6), attn_dropout=0.0, resid_dropout=0.0, embd_dropout=0.0,
-                pad_id=0)
-    base.update(kw)
-    return MoSEConfig(**base)
 
 
 

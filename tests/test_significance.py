@@ -12,7 +12,10 @@ import pytest
 from scipy import stats
 
 import significance as sg
-from test_evaluate import bench, run_eval  # noqa: F401  (bench is a pytest fixture, reused)
+import test_evaluate
+
+
+bench, run_eval = test_evaluate.bench, test_evaluate.run_eval  # bench: its pytest fixture, reused
 
 
 def paired_t_statistic(x, y, axis=-1):
