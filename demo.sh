@@ -1,12 +1,25 @@
 #!/usr/bin/env bash
-# The whole pipeline on a laptop CPU: install, prepare the default corpus (this Python's own source
-# code) with a code BPE trained on it, pre-train mose_tiny, fine-tune it for retrieval, evaluate
-# every exit on the held-out repositories next to chance, BM25 and the NBoW floor. A second run
-# reuses what the first one made. Everything goes to data/ and out/.
+# The whole pipeline on a laptop CPU: install, prepare a corpus with a code BPE trained on it,
+# pre-train mose_tiny, fine-tune it for retrieval, evaluate every exit on the held-out repositories
+# next to chance, BM25 and the NBoW floor. A second run reuses what the first one made. Everything
+# goes to data/ and out/.
+#   CORPUS=debian (the default where apt-get exists): ~1,000 upstream repositories in 7 languages
+#     from Debian's source packages (~380 MB fetched once into data/debian/);
+#   CORPUS=python (the fallback, offline, any OS): this Python installation's own sources.
 set -euo pipefail
 cd "$(dirname "$0")"
+CORPUS=${CORPUS:-debian}
+if [ "$CORPUS" = debian ] && ! command -v apt-get >/dev/null; then
+    echo "no apt-get on this machine: CORPUS=python (this Python's own sources) instead of debian"
+    CORPUS=python
+fi
+case "$CORPUS" in
+    debian) INPUT=debian; DEFAULT_FT=400 ;;  # 53k text-code pairs: 400 steps are one epoch of them
+    python) INPUT=''; DEFAULT_FT=500 ;;      # 32k text-code pairs: 500 steps are two epochs
+    *) echo "error: CORPUS=$CORPUS: expected debian or python" >&2; exit 2 ;;
+esac
 PRETRAIN_STEPS=${PRETRAIN_STEPS:-1000}
-FINETUNE_STEPS=${FINETUNE_STEPS:-500}
+FINETUNE_STEPS=${FINETUNE_STEPS:-$DEFAULT_FT}
 t0=$(date +%s)
 stage() { printf '\n=== %s (%ds so far)\n' "$1" $(( $(date +%s) - t0 )); }
 
@@ -15,8 +28,19 @@ stage "install (.venv)"
 .venv/bin/python -m pip install -q -r requirements.txt
 PY=.venv/bin/python
 
-stage "prepare: an 8k code BPE, ICC shards, retrieval pairs and clone pairs from the local Python sources"
-$PY prepare.py --max_len=256 --bpe_vocab=8192
+# a model trained on another corpus is not reused (its tokenizer is another BPE); out/ of a demo run
+# before CORPUS existed holds models of the python corpus
+mkdir -p out
+OLD=$(cat out/demo-corpus 2>/dev/null || { [ -d out/pretrain ] && echo python; } || echo "$CORPUS")
+if [ "$OLD" != "$CORPUS" ]; then
+    echo "out/ holds models of CORPUS=$OLD: moved to out-$OLD/"
+    rm -rf "out-$OLD" && mkdir "out-$OLD"
+    for d in pretrain finetune-retrieval eval; do if [ -e "out/$d" ]; then mv "out/$d" "out-$OLD/"; fi; done
+fi
+echo "$CORPUS" > out/demo-corpus
+
+stage "prepare ($CORPUS): an 8k code BPE, ICC shards, retrieval pairs and clone pairs"
+$PY prepare.py --input="$INPUT" --max_len=256 --bpe_vocab=8192
 
 stage "pre-train mose_tiny for $PRETRAIN_STEPS steps (self-distilled MLM + ICC at exits 1, 2, 4, 6, 8 of 8 layers)"
 if [ -f "out/pretrain/ckpt_$(printf %07d "$PRETRAIN_STEPS").pt" ]; then

@@ -41,5 +41,5 @@ learning_rate = 1e-3
 lr_milestones = [(800, 0.3)]     # one decay for the last fifth of the run
 log_interval = 50
 eval_interval = 250
-eval_batches = 10
+eval_batches = 50               # 800 held-out sequences: ICC accuracy to about +-3.5 points
 ckpt_interval = 250
