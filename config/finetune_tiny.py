@@ -23,7 +23,8 @@ tokenizer = 'data/tokenizer'
 batch_size = 256
 total_batch = 256
 max_len = 64
-max_steps = 500                  # 64,000 text-code pairs, 2 epochs: exits 2-8 stop gaining near 400, exit 1 passes the NBoW at 500 (RESULTS.md)
+max_steps = 500                  # Python corpus: 64,000 text-code pairs, 2 epochs of its 32k; exits 2-8 stop gaining near 400,
+                                 # exit 1 passes the NBoW at 500. demo.sh runs 400 on the Debian corpus: one epoch of its 53k (RESULTS.md)
 warmup_steps = 20
 learning_rate = 2e-3
 embed_lr_mult = 150.0
