@@ -134,8 +134,8 @@ def resume_run(out_dir, config):
         raise UserError(f"init_from='resume' but {out_dir} holds no checkpoint")
     model, ckpt, where = load_model(out_dir, f"python finetune.py --task {config['task']}")
     theirs = ckpt.get('config', {})  # the settings the model and the data stream depend on
-    keys = ('task', 'single_exit', 'max_len', 'tokenizer', 'pooling', 'center', 'exit_norm')
-    theirs = {'center': False, 'exit_norm': False, **theirs}  # checkpoints made before these settings
+    keys = ('task', 'single_exit', 'max_len', 'tokenizer', 'pooling', 'center', 'exit_norm', 'exit_weighting')
+    theirs = {'center': False, 'exit_norm': False, 'exit_weighting': 'depth', **theirs}  # checkpoints made before these settings
     differ = [f"{k}={theirs.get(k)!r} here {config[k]!r}" for k in keys if theirs.get(k) != config[k]]
     if differ:
         raise UserError(f"{where} is a checkpoint of another config: {', '.join(differ)}")
@@ -314,6 +314,8 @@ if __name__ == '__main__':
                                      # inner exits are raw; a small model's exits 2-6 retrieve better normalised (README)
     center = False                   # retrieval: pooled states minus their batch mean (model.MoSEConfig.center):
                                      # what briefly pre-trained, anisotropic states need (README)
+    exit_weighting = 'depth'         # each exit's loss weight: 'depth' = exit / n_layer (paper 2.2); 'uniform' = 1 at
+                                     # every exit (exit 1 of 8 then weighs as much as the last; RESULTS.md, ablate.py)
     logit_scale = 10.0               # the paper's "temperature 10": cosine similarities x 10
     augment_prob = 0.3               # fraction of code snippets whose frequent words are renamed (paper 4.1)
     # optimiser (paper 4.1: constant 1e-5; 4.2: 1e-5 with 2,000 warmup steps, 14,000 steps)
@@ -340,6 +342,8 @@ if __name__ == '__main__':
     # setup: the task's defaults (paper 4.1, 4.2), processes, precision, the batch in pairs
     if task not in ('retrieval', 'clone'):
         fail(f"unknown task {task!r}: expected 'retrieval' or 'clone'")
+    if exit_weighting not in ('depth', 'uniform'):
+        fail(f"exit_weighting={exit_weighting!r}: expected 'depth' or 'uniform'")
     out_dir = out_dir or f'out/finetune-{task}'
     total_batch = total_batch or {'retrieval': 2048, 'clone': 64}[task]
     warmup_steps = warmup_steps if warmup_steps >= 0 else {'retrieval': 0, 'clone': 2000}[task]
@@ -387,6 +391,8 @@ if __name__ == '__main__':
     freeze_pretraining_heads(model)
     model.to(device)
     exits, weights = list(model.config.exit_layers), model.exit_weights()
+    if exit_weighting == 'uniform':
+        weights = {e: 1.0 for e in exits}
     optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), eps, device_type, embed_lr_mult)
     if resume:
         optimizer.load_state_dict(ckpt['optimizer'])

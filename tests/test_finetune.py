@@ -247,6 +247,25 @@ def check_error(r, *needles):
         assert n in last, last
 
 
+@pytest.mark.parametrize('weighting', ['depth', 'uniform'])
+def test_exit_weighting_is_the_logged_loss(pretrained, data, tmp_path, weighting):
+    """The logged loss of step 1 is the sum of the per-exit losses with the weights the setting names:
+    exit / n_layer (paper 2.2) or 1 at every exit."""
+    out = tmp_path / weighting
+    r = finetune(pretrained, data, out, max_steps=1, exit_weighting=weighting)
+    assert r.returncode == 0, r.stderr
+    rec = next(json.loads(line) for line in open(out / 'log.jsonl') if '"loss"' in line)
+    n_layer = load_checkpoint(list_checkpoints(out)[-1])['model_config']['n_layer']
+    w = (lambda e: e / n_layer) if weighting == 'depth' else (lambda e: 1.0)
+    expected = sum(w(int(e)) * x['loss'] for e, x in rec['exits'].items())
+    assert len(rec['exits']) > 1
+    assert rec['loss'] == pytest.approx(expected, rel=1e-5)
+
+
+def test_unknown_exit_weighting(pretrained, data, tmp_path):
+    check_error(finetune(pretrained, data, tmp_path, exit_weighting='linear'), "exit_weighting='linear'")
+
+
 def test_unknown_task(pretrained, data, tmp_path):
     check_error(finetune(pretrained, data, tmp_path, task='ranking'), "unknown task 'ranking'")
 
