@@ -390,9 +390,7 @@ if __name__ == '__main__':
         fail(f"max_len={max_len} exceeds the model's max_seq_len={model.config.max_seq_len}")
     freeze_pretraining_heads(model)
     model.to(device)
-    exits, weights = list(model.config.exit_layers), model.exit_weights()
-    if exit_weighting == 'uniform':
-        weights = {e: 1.0 for e in exits}
+    exits, weights = list(model.config.exit_layers), model.exit_weights(exit_weighting)
     optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), eps, device_type, embed_lr_mult)
     if resume:
         optimizer.load_state_dict(ckpt['optimizer'])

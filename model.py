@@ -405,10 +405,12 @@ class MoSE(nn.Module):
         """In-context classification logits on the final <cls>. h: (B, T, C) -> (B, 2)."""
         return self.icc_head(self._condition(h[:, -1], exit))
 
-    def exit_weights(self):
-        """{exit i: i / n_layer}: the weight of each exit's loss, deeper exits weighing more (paper
-        2.2), in pre-training and fine-tuning alike."""
-        return {e: e / self.config.n_layer for e in self.config.exit_layers}
+    def exit_weights(self, weighting='depth'):
+        """{exit i: weight of its loss}: 'depth' = i / n_layer, deeper exits weighing more (paper 2.2,
+        pre-training and the paper's fine-tuning); 'uniform' = 1 at every exit (finetune.py's setting)."""
+        if weighting not in ('depth', 'uniform'):
+            raise ValueError(f"exit_weighting={weighting!r}: expected 'depth' or 'uniform'")
+        return {e: e / self.config.n_layer if weighting == 'depth' else 1.0 for e in self.config.exit_layers}
 
     def pretrain_loss(self, idx, mask, positions, targets, icc_labels, exits=None):
         """Self-distillation loss (paper 2.2): sum over exits i of (i / n_layer) * (MLM_i + ICC_i).
