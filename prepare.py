@@ -34,7 +34,7 @@ import sources
 from debian import LANGUAGES
 from data import built_with
 from decontaminate import (DEFAULT_EVAL_DIR, MIN_CHARS, drop_heldout_near_duplicates, eval_sources, find_contamination,
-                           load_eval_sets, report)
+                           load_eval_sets, report, without_files)
 from dedup import function_groups, minhash_dedup, normalized
 from icc import run_icc
 from sources import assign_splits, cap_corpus, corpus_fingerprint, file_tasks, source_text
@@ -327,20 +327,26 @@ def build_finetune(which, source, fingerprint, split_of, fn_languages, clean, cl
 
 # ----------------------------------------------------------------------------- tokenizer
 
-def train_corpus_bpe(repos, train_repos, fingerprint, out_dir, bpe_vocab, bpe_bytes, seed):
+def train_corpus_bpe(repos, roots, train_repos, fingerprint, out_dir, bpe_vocab, bpe_bytes, seed, clean=None,
+                     clean_settings=None):
     """Train (or reuse) a byte-level BPE of bpe_vocab entries on the files of `train_repos`, at most
-    bpe_bytes of them in seeded order, into out_dir/tokenizer/; returns that directory."""
+    bpe_bytes of them in seeded order, into out_dir/tokenizer/; returns that directory. The files
+    that contain an evaluation function (clean()['icc_files'], decontaminate.py) are left out, as
+    pre-training leaves them out."""
     from data import write_json
     from tokenizer import train_bpe
     tdir = os.path.join(out_dir, 'tokenizer')
     settings = {'corpus_sha256': fingerprint, 'vocab_size': bpe_vocab, 'bytes': bpe_bytes, 'seed': seed,
-                'repositories': len(train_repos)}
+                'repositories': len(train_repos), **(clean_settings or {})}
     if built_with(tdir, settings):
         print0(f"tokenizer: {tdir} was trained with these settings: reusing it")
         return tdir
-    files = [f for r in train_repos for f in repos[r]]
+    train = {r: repos[r] for r in train_repos}
+    drop = clean()['icc_files'] if clean is not None else set()
+    kept = without_files(train, roots, drop)
+    files = [f for r in train_repos for f in kept[r]]
     order = np.random.default_rng(seed).permutation(len(files))
-    stats = {'files': 0, 'bytes': 0}
+    stats = {'files': 0, 'bytes': 0, 'left_out': sum(map(len, train.values())) - len(files)}
 
     def texts():
         for i in order:
@@ -359,7 +365,8 @@ def train_corpus_bpe(repos, train_repos, fingerprint, out_dir, bpe_vocab, bpe_by
     write_json(os.path.join(tdir, 'manifest.json'), {'format': 'bpe', 'settings': settings, 'stats': stats,
                                                      'repositories': sorted(train_repos)})
     print0(f"tokenizer: byte-level BPE of {bpe_vocab:,} entries (n_vocab {tok.n_vocab:,}) trained on {stats['files']:,} "
-           f"files, {stats['bytes'] / 1e6:.1f} MB of {len(train_repos)} training repositories in {time.time() - t0:.1f}s")
+           f"files, {stats['bytes'] / 1e6:.1f} MB of {len(train_repos)} training repositories in {time.time() - t0:.1f}s "
+           f"({stats['left_out']:,} files that contain an evaluation function left out)")
     return tdir
 
 
@@ -526,10 +533,11 @@ if __name__ == '__main__':
             clean_settings = {'decontaminate': [[e['path'], e['sha256']] for e in srcs], 'min_chars': MIN_CHARS}
             clean = functools.lru_cache(maxsize=None)(lambda: clean_functions(
                 repos, roots, fn_languages, split_of, funcs, evals, dedup_threshold, num_proc))
-            # the tokenizer, trained on the training repositories only
+            # the tokenizer, trained on the training repositories only, without what pre-training leaves out
             if bpe_vocab:
-                tokenizer = train_corpus_bpe(repos, [r for r in sorted(repos) if split_of.get(r, 'train') == 'train'],
-                                             fingerprint, out_dir, bpe_vocab, bpe_bytes, seed)
+                tokenizer = train_corpus_bpe(repos, roots, [r for r in sorted(repos) if split_of.get(r, 'train') == 'train'],
+                                             fingerprint, out_dir, bpe_vocab, bpe_bytes, seed,
+                                             clean if task != 'dedup-bench' else None, clean_settings)
             # the data of each stage
             if task in ('all', 'icc'):
                 run_icc(repos, roots, source, fingerprint, {r for r, sp in split_of.items() if sp == 'test'}, out_dir,

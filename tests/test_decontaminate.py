@@ -149,7 +149,8 @@ def planted(tmp_path_factory):
                                                      + '\n' + 'x = 1\n')
     sources = [str(ev / 'poj.jsonl'), str(ev / 'csn.jsonl.gz'), str(ev / 'ct')]
     out = d / 'out'
-    args = [f'--input={corpus}', f'--out_dir={out}', '--max_len=2048', '--heldout_fraction=0.15', '--num_proc=2']
+    args = [f'--input={corpus}', f'--out_dir={out}', '--max_len=2048', '--heldout_fraction=0.15', '--num_proc=2',
+            '--bpe_vocab=512']
     rc, so, se = run_prepare(*args, '--decontaminate=' + ','.join(sources))
     assert rc == 0, se
     return out, so, sources, args
@@ -160,7 +161,7 @@ def training_texts(out):
     every ICC sequence (both ICC splits: a pre-trained file may be in either)."""
     rows = data.read_pairs(str(out / 'retrieval' / 'train.jsonl'))
     funcs, pairs, _ = data.load_bigclonebench(str(out / 'bigclonebench'), 'train')
-    tok = get_tokenizer()
+    tok = get_tokenizer(str(out / 'tokenizer'))  # the BPE trained on the training repositories
     icc = [tok.decode(data.load_icc(str(out), s, tok_meta=tok).get(i)[0])
            for s in ('train', 'val') for i in range(len(data.load_icc(str(out), s, tok_meta=tok)))]
     return {'pairs': [squeeze(r['query'] + r['code']) for r in rows],
@@ -207,6 +208,9 @@ def test_without_decontamination_the_planted_functions_are_trained_on(planted, t
     for code in PLANTED:
         body = squeeze(code.split('"""')[-1])
         assert any(body in t for t in got['pairs']) and body in got['icc']
+    # the tokenizer too: trained without planted.py and iterutil.py, then with them
+    bpe = [json.load(open(o / 'tokenizer' / 'manifest.json'))['stats'] for o in (out, tmp_path / 'out')]
+    assert bpe[1]['files'] == bpe[0]['files'] + 2 and bpe[0]['left_out'] == bpe[1]['left_out'] + 2
 
 
 @pytest.mark.parametrize('case', ['no_code_field', 'missing'])
