@@ -3,8 +3,12 @@ The ICC pre-training dataset (paper 2.1, Fig. 2), in data.py's shard format: eve
 corpus as snippets (split_snippets), the plan of which snippets share a sequence (icc_plan: one
 repository, label 1, or two interleaved, label 0), the sequences <sep> s1 <sep> s2 ... <cls>
 (assemble) in shards per split (write_icc_split), and the manifest, written last (run_icc).
+The baseline it replaces (paper 6.3, Table 3), from the same snippets: BERT's next-sentence pairs
+<sep> a <sep> b <cls>, b the snippet after a in its file (label 1) or one of another repository
+(label 0), one pair a sequence (nsp_plan; objective='nsp', data/nsp/).
 
     run_icc(repos, roots, source, fingerprint, held_out, 'data', 'cl100k_base', max_len=2048)   # data/icc/
+    run_icc(..., objective='nsp')                                                                  # data/nsp/
 """
 import multiprocessing as mp
 import os
@@ -105,6 +109,39 @@ def icc_plan(lengths, max_len, seed):
     return plan
 
 
+def nsp_plan(file_snippets, seed):
+    """BERT's next-sentence prediction pairs, the baseline ICC replaces (paper 2.1, 6.3, Table 3).
+
+    file_snippets: per repository, the number of snippets of each of its files, in file order (a
+    repository's snippets are numbered across its files in that order). Every snippet that has a
+    successor in its file is the first snippet `a` of one pair, in seeded order: with probability
+    1/2 the pair is (a, its successor), label 1, else (a, a snippet drawn uniformly from the other
+    repositories), label 0. Returns [(label, [(repo, a), (repo', b)])], one pair a sequence."""
+    rng = np.random.default_rng(seed)
+    firsts, start = [], np.cumsum([0] + [sum(c) for c in file_snippets])  # start[r]: r's first global index
+    for r, counts in enumerate(file_snippets):
+        i = 0
+        for c in counts:
+            firsts += [(r, i + k) for k in range(c - 1)]
+            i += c
+    if not firsts:
+        raise ValueError("nsp: no file of two or more snippets, so no next-snippet pair")
+    if len(file_snippets) < 2:
+        raise ValueError("nsp: one repository, so no pair of two repositories (label 0)")
+    total = int(start[-1])
+    plan = []
+    for k in rng.permutation(len(firsts)):
+        r, i = firsts[k]
+        if rng.random() < 0.5:
+            plan.append((1, [(r, i), (r, i + 1)]))
+            continue
+        g = int(rng.integers(total - (start[r + 1] - start[r])))  # a global index outside repository r
+        g = g if g < start[r] else g + int(start[r + 1] - start[r])
+        o = int(np.searchsorted(start, g, side='right')) - 1
+        plan.append((0, [(r, i), (o, g - int(start[o]))]))
+    return plan
+
+
 def assemble(items, snippets, sep_id, cls_id):
     """<sep> s1 <sep> s2 ... <cls> as uint32; snippets[repo][i] are token arrays."""
     parts = []
@@ -125,6 +162,7 @@ def snippet_budget(max_len, snippet_len=0):
     return budget
 
 
+OBJECTIVES = ('icc', 'nsp')  # the pre-training sequences: ICC's packed repositories, or BERT's next-snippet pairs
 _TOK, _BUDGET = None, None  # a tokenising worker's tokenizer and snippet budget (_init_worker)
 
 
@@ -160,7 +198,8 @@ def clean_icc_dir(icc_dir):
 
 def tokenise_corpus(repos, tokenizer, budget, num_proc):
     """Every file of the corpus as snippets of at most `budget` tokens, in num_proc processes.
-    Returns ({repository: its snippets in file order}, for the repositories with any, and stats)."""
+    Returns ({repository: its snippets in file order}, for the repositories with any, and stats;
+    stats['file_snippets'][repository] counts the snippets of each of its files, in that order)."""
     names = sorted(repos)
     tasks = [(ri, fi, f) for ri, r in enumerate(names) for fi, f in enumerate(repos[r])]
     snippets = [[None] * len(repos[r]) for r in names]
@@ -179,14 +218,17 @@ def tokenise_corpus(repos, tokenizer, budget, num_proc):
     flat = {r: [s for fs in snippets[ri] for s in fs] for ri, r in enumerate(names)}
     st['files'] = sum(1 for fs in snippets for f in fs if f)
     st['empty'] = [r for r in names if not flat[r]]
+    st['file_snippets'] = {r: [len(f) for f in snippets[ri] if f] for ri, r in enumerate(names) if flat[r]}
     return {r: v for r, v in flat.items() if v}, st
 
 
-def write_icc_split(icc_dir, split, snippets, tok, max_len, seed, shard_tokens):
-    """The ICC sequences of one split (icc_plan over {repository: snippets}) in shards of about
-    shard_tokens tokens. Returns its manifest entry and the largest token id."""
+def write_icc_split(icc_dir, split, snippets, tok, max_len, seed, shard_tokens, objective='icc', file_snippets=None):
+    """The sequences of one split in shards of about shard_tokens tokens: ICC's (icc_plan over
+    {repository: snippets}) or NSP's (nsp_plan over file_snippets, {repository: snippets per file}).
+    Returns its manifest entry and the largest token id."""
     rs = sorted(snippets)
-    plan = icc_plan([[len(s) for s in snippets[r]] for r in rs], max_len, seed)
+    plan = (icc_plan([[len(s) for s in snippets[r]] for r in rs], max_len, seed) if objective == 'icc' else
+            nsp_plan([file_snippets[r] for r in rs], seed))
     shards, seqs, labels, n_seq_tok, tot, pos, max_id = [], [], [], 0, 0, 0, 0
     for i, (label, items) in enumerate(plan):
         seq = assemble(items, [snippets[r] for r in rs], tok.sep_id, tok.cls_id)
@@ -200,28 +242,32 @@ def write_icc_split(icc_dir, split, snippets, tok, max_len, seed, shard_tokens):
             tot, pos = tot + n_seq_tok, pos + sum(labels)
             seqs, labels, n_seq_tok = [], [], 0
     if plan:
-        print0(f"icc {split}: {len(rs):,} repositories, {len(plan):,} sequences, {tot:,} tokens, "
+        print0(f"{objective} {split}: {len(rs):,} repositories, {len(plan):,} sequences, {tot:,} tokens, "
                f"mean length {tot / len(plan):,.0f}, label 0 (two repositories) {1 - pos / len(plan):.1%}")
     return {'shards': shards, 'sequences': len(plan), 'tokens': tot, 'repositories': len(rs), 'positives': pos}, max_id
 
 
 def run_icc(repos, roots, source, fingerprint, held_out, out_dir, tokenizer, max_len, snippet_len=0, val_fraction=0.05,
-            seed=1337, shard_tokens=64 * 2 ** 20, max_bytes=0, num_proc=1, clean=None, clean_settings=None):
-    """ICC pre-training shards (paper 2.1, Fig. 2) in out_dir/icc/, split by repository; the
+            seed=1337, shard_tokens=64 * 2 ** 20, max_bytes=0, num_proc=1, clean=None, clean_settings=None,
+            objective='icc'):
+    """ICC pre-training shards (paper 2.1, Fig. 2) in out_dir/icc/, or with objective='nsp' BERT's
+    next-snippet pairs (nsp_plan, the same snippets) in out_dir/nsp/, split by repository; the
     `held_out` repositories (the retrieval test split) are validation ones, never pre-trained on,
     and the files of clean()['icc_files'] (those that contain an evaluation function) are left out.
     The manifest is written last: its presence marks a complete dataset, reused on a rerun."""
     from tokenizer import get_tokenizer
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective={objective!r}: expected one of {', '.join(OBJECTIVES)}")
     tok = get_tokenizer(tokenizer)
-    icc_dir = os.path.join(out_dir, 'icc')
+    icc_dir = os.path.join(out_dir, objective)
     make_dir(icc_dir)
     budget = snippet_budget(max_len, snippet_len)
     settings = {'source': source, 'corpus_sha256': fingerprint, 'tokenizer': tok.meta(), 'max_len': max_len,
                 'snippet_len': budget, 'val_fraction': val_fraction, 'seed': seed, 'shard_tokens': shard_tokens,
-                'max_bytes': max_bytes, 'held_out': sorted(held_out), **(clean_settings or {})}
+                'max_bytes': max_bytes, 'held_out': sorted(held_out), 'objective': objective, **(clean_settings or {})}
     mpath = os.path.join(icc_dir, 'manifest.json')
     if built_with(icc_dir, settings):
-        print0(f"icc: {mpath} is complete and was built with these settings: reusing it")
+        print0(f"{objective}: {mpath} is complete and was built with these settings: reusing it")
         return
     if max_len < 5:
         raise ValueError(f"max_len={max_len}: must be >= 5 (<sep> snippet <sep> snippet <cls>)")
@@ -230,28 +276,29 @@ def run_icc(repos, roots, source, fingerprint, held_out, out_dir, tokenizer, max
     if clean is not None:
         c = clean()
         repos, record = without_files(repos, roots, c['icc_files']), {'decontamination': c['record']['decontamination']}
-        print0(f"icc: {len(c['icc_files']):,} files that contain an evaluation function left out")
+        print0(f"{objective}: {len(c['icc_files']):,} files that contain an evaluation function left out")
     flat, st = tokenise_corpus(repos, tokenizer, budget, num_proc)
     dt, n_tok = st['seconds'], st['tokens']
-    print0(f"icc: {len(flat):,} repositories, {st['files']:,} files, {st['bytes'] / 1e6:,.1f} MB, {n_tok:,} tokens "
+    print0(f"{objective}: {len(flat):,} repositories, {st['files']:,} files, {st['bytes'] / 1e6:,.1f} MB, {n_tok:,} tokens "
            f"in {dt:.1f}s ({n_tok / max(dt, 1e-9) / 1e6:.2f}M tokens/s on {num_proc} processes)")
     if st['skipped']:
-        print0("icc: skipped files: " + ', '.join(f"{v:,} {k}" for k, v in sorted(st['skipped'].items())))
+        print0(f"{objective}: skipped files: " + ', '.join(f"{v:,} {k}" for k, v in sorted(st['skipped'].items())))
     if st['empty']:
-        print0(f"icc: {len(st['empty'])} repositories with no usable file skipped (e.g. {', '.join(st['empty'][:3])})")
+        print0(f"{objective}: {len(st['empty'])} repositories with no usable file skipped (e.g. {', '.join(st['empty'][:3])})")
     if not flat:
         raise ValueError(f"input {source}: no usable source file in any repository "
                          f"(extensions read: {', '.join(sorted(SOURCE_EXTS))})")
     split_of = assign_splits({r: sum(len(s) for s in v) for r, v in flat.items() if r not in held_out},
                              {'train': 1 - val_fraction, 'val': val_fraction}, seed)
     split_of.update({r: 'val' for r in flat if r in held_out})
-    manifest = {'format': 'mose-icc', 'version': 1, 'tokenizer': tok.meta(), 'max_len': max_len,
+    manifest = {'format': 'mose-icc', 'version': 1, 'objective': objective, 'tokenizer': tok.meta(), 'max_len': max_len,
                 'snippet_len': budget, 'seed': seed, 'splits': {},
                 'val_repositories': sorted(r for r in flat if split_of[r] == 'val'),
                 'max_token_id': 0, 'source': source, 'settings': settings, 'stats': {}, **record}
     for si, split in enumerate(('train', 'val')):
         part = {r: v for r, v in flat.items() if split_of[r] == split}
-        manifest['splits'][split], max_id = write_icc_split(icc_dir, split, part, tok, max_len, seed + si, shard_tokens)
+        manifest['splits'][split], max_id = write_icc_split(icc_dir, split, part, tok, max_len, seed + si, shard_tokens,
+                                                            objective, st['file_snippets'])
         manifest['max_token_id'] = max(manifest['max_token_id'], max_id)
     n_snip = sum(len(v) for v in flat.values())
     packed = sum(v['tokens'] for v in manifest['splits'].values()) / max(sum(v['sequences'] for v in
@@ -260,8 +307,10 @@ def run_icc(repos, roots, source, fingerprint, held_out, out_dir, tokenizer, max
     manifest['stats'] = {'repositories': len(flat), 'files': st['files'], 'bytes': st['bytes'], 'tokens': n_tok,
                          'snippets': n_snip, 'skipped_files': st['skipped'],
                          'repositories_without_files': len(st['empty']), 'mean_len_packed': packed,
-                         'mean_len_single': single, 'tokenise_seconds': dt, 'tokens_per_s': n_tok / max(dt, 1e-9)}
-    print0(f"icc: mean sequence length {packed:,.0f} tokens with ICC packing, {single:,.0f} without "
-           f"(one snippet a sequence; paper 2.1: 1,300 vs 630)")
+                         'mean_len_single': single, 'pad_share': 1 - packed / max_len,  # were all padded to max_len
+                         'tokenise_seconds': dt, 'tokens_per_s': n_tok / max(dt, 1e-9)}
+    print0(f"{objective}: mean sequence length {packed:,.0f} tokens ({1 - packed / max_len:.1%} padding at {max_len})"
+           + (f" with ICC packing, {single:,.0f} without (one snippet a sequence; paper 2.1: 1,300 vs 630)"
+              if objective == 'icc' else f" (NSP: two snippets a sequence; max_len {max_len})"))
     write_json(mpath, manifest)  # last: its presence marks a complete dataset
-    print0(f"icc: wrote {mpath}")
+    print0(f"{objective}: wrote {mpath}")

@@ -5,6 +5,7 @@ Prepare the data of every stage: ICC pre-training shards, fine-tuning pairs, clo
     python prepare.py --max_len=256 --bpe_vocab=8192    # the same with an 8k code BPE trained on them
     python prepare.py --input=debian --bpe_vocab=8192   # Debian source packages: 7 languages, ~1,000 repositories
     python prepare.py --task=icc --max_len=512          # ICC shards only (data/icc/)
+    python prepare.py --task=nsp --max_len=512          # next-sentence pairs instead (data/nsp/; paper 6.3's baseline)
     python prepare.py --task=icc --input=stack.jsonl    # a Stack-v2 style dump: {repo_name, content} a line
     python prepare.py --task=icc --input=repos/         # a directory whose subdirectories are repositories
     python prepare.py --task=retrieval --input=csn/python/final/jsonl   # CodeSearchNet -> text-code pairs
@@ -455,7 +456,7 @@ def run_dedup_bench(repos, roots, fn_languages, bench_rows=100_000, dedup_thresh
 if __name__ == '__main__':
     # -----------------------------------------------------------------------------
     # what to build
-    task = 'all'  # 'all' (icc + retrieval + clone) | 'icc' | 'retrieval' | 'clone' | 'synthconl' | 'dedup-bench'
+    task = 'all'  # 'all' (icc + retrieval + clone) | 'icc' | 'nsp' | 'retrieval' | 'clone' | 'synthconl' | 'dedup-bench'
     input = ''  # '' = this Python's sources; 'debian' = Debian source packages; a dir of repositories; a jsonl(.gz)
     # of files; CodeSearchNet / SynthCoNL files
     out_dir = 'data'
@@ -492,7 +493,7 @@ if __name__ == '__main__':
     # -------------------------------------------------------------------------
     exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())  # -> config
     # -------------------------------------------------------------------------
-    TASKS = ('all', 'icc', 'retrieval', 'clone', 'synthconl', 'dedup-bench')
+    TASKS = ('all', 'icc', 'nsp', 'retrieval', 'clone', 'synthconl', 'dedup-bench')
     t_start = time.time()
     try:
         if task not in TASKS:
@@ -539,10 +540,10 @@ if __name__ == '__main__':
                                              fingerprint, out_dir, bpe_vocab, bpe_bytes, seed,
                                              clean if task != 'dedup-bench' else None, clean_settings)
             # the data of each stage
-            if task in ('all', 'icc'):
+            if task in ('all', 'icc', 'nsp'):
                 run_icc(repos, roots, source, fingerprint, {r for r, sp in split_of.items() if sp == 'test'}, out_dir,
                         tokenizer, max_len, snippet_len, val_fraction, seed, shard_tokens, max_bytes, num_proc, clean,
-                        clean_settings)
+                        clean_settings, objective='nsp' if task == 'nsp' else 'icc')
             if task in ('all', 'retrieval', 'clone'):
                 build_finetune({'all': ('retrieval', 'clone')}.get(task, (task,)), source, fingerprint, split_of,
                                fn_languages, clean, clean_settings, out_dir, seed, heldout_fraction, dedup_threshold)

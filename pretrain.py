@@ -8,7 +8,8 @@ N nodes (run on each node R):    torchrun --nnodes=N --node_rank=R --nproc_per_n
                                      --rdzv_backend=c10d --rdzv_endpoint=HOST:29500 pretrain.py config/mose_1b.py
 Resume the newest checkpoint:    python pretrain.py config/mose_tiny.py --init_from=resume
 
-The data are the ICC shards of prepare.py. Every step logs the loss, per-exit MLM loss and
+The data are the ICC shards of prepare.py (or, with --objective=nsp, its next-sentence pairs:
+the baseline of paper 6.3). Every step logs the loss, per-exit MLM loss and
 accuracy, per-exit ICC accuracy, lr, tokens/s and MFU; the held-out repositories are evaluated
 at intervals on all ranks; checkpoints are step-numbered, atomic and hold what an exact resume
 needs (model, optimiser, every rank's RNG, data position, config).
@@ -22,6 +23,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from data import load_icc
+from icc import OBJECTIVES
 from model import EXIT_STATS, MoSE, MoSEConfig
 from stage import MASTER, fail, make_out_dir, print0
 from tokenizer import get_tokenizer
@@ -33,6 +35,9 @@ from training import (EpochSampler, Objective, UserError, all_reduce_sum, append
 # I/O
 out_dir = 'out/pretrain'         # checkpoints and log.jsonl
 data_dir = 'data/icc'            # ICC shards and manifest.json from prepare.py
+objective = 'icc'                # what the <cls> classifier learns: 'icc' (paper 2.1) or 'nsp', BERT's next-sentence
+                                 # pairs (paper 6.3's baseline: prepare.py --task=nsp, --data_dir=data/nsp); the
+                                 # shards must hold it. Logs keep the key icc_acc for either
 tokenizer = 'cl100k_base'        # must be the tokenizer the shards were built with
 init_from = 'scratch'            # 'scratch', 'resume' (newest checkpoint in out_dir) or a released checkpoint dir
 log_interval = 10                # steps between log lines
@@ -86,6 +91,9 @@ config = {}  # every setting by name, filled in by the configurator
 exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())  # -> config
 # -----------------------------------------------------------------------------
 
+if objective not in OBJECTIVES:
+    fail(f"objective={objective!r}: expected one of {', '.join(OBJECTIVES)}")
+
 # setup: processes, precision, the batch in tokens
 ddp, rank, local_rank, world_size, device = setup_distributed(device)
 device_type = 'cuda' if device.startswith('cuda') else 'cpu'
@@ -116,6 +124,10 @@ if train_data.manifest['max_len'] > block_size:
          f"rebuild them with `python prepare.py --max_len={block_size}` or raise block_size")
 if len(train_data) == 0 or len(val_data) == 0:
     fail(f"{data_dir}: empty split (train {len(train_data)}, val {len(val_data)} sequences)")
+if train_data.manifest.get('objective', 'icc') != objective:
+    fail(f"{data_dir}/manifest.json: its sequences are for objective={train_data.manifest.get('objective', 'icc')!r}, "
+         f"this run's objective is {objective!r} (build with `python prepare.py --task={objective}`, pass "
+         f"--data_dir=data/{objective})")
 train_order, val_order = EpochSampler(len(train_data), seed), EpochSampler(len(val_data), seed)
 
 
@@ -170,11 +182,11 @@ if resume:
         print0(f"warning: checkpoint has RNG states of {len(ckpt['rng'])} ranks, this run has {world_size}: "
                f"dropout RNG reseeded")
 ckpt = None  # free memory
-objective = Objective(model, 'pretrain_loss')  # the model is what is saved; the objective is what is trained
+net = Objective(model, 'pretrain_loss')  # the model is what is saved; the objective is what is trained
 if compile:
-    objective = torch.compile(objective)
+    net = torch.compile(net)
 if ddp:
-    objective = DDP(objective, device_ids=[local_rank] if device_type == 'cuda' else None)
+    net = DDP(net, device_ids=[local_rank] if device_type == 'cuda' else None)
 exits = list(model.config.exit_layers)
 peak = peak_flops(device, ptdtype if device_type == 'cpu' else torch.bfloat16)
 print0(f"model: {model.num_params() / 1e6:.1f}M parameters "
@@ -193,7 +205,7 @@ def evaluate():
     """Per-exit MLM loss / accuracy and ICC loss / accuracy on the held-out repositories. Every rank
     takes a disjoint slice of the same fixed batches; the MLM statistics are weighted by masked
     tokens, the ICC ones by rows, and the sums all-reduced."""
-    objective.eval()
+    net.eval()
     sums = torch.zeros(2, len(exits), len(EXIT_STATS), device=device)  # (weighted sum | weight, n_exits, stats)
     for i in range(eval_batches):
         inputs, mask, positions, targets, labels, _ = get_batch('val', micro_batch_start(0, i, eval_batches, world_size,
@@ -205,14 +217,14 @@ def evaluate():
         sums[0] += torch.stack([stats[e] for e in exits]).float() * w                  # (n_exits, stats)
         sums[1] += w
     all_reduce_sum(sums)
-    objective.train()
+    net.train()
     return named(sums[0] / sums[1])
 
 
 def report_eval(res):
     append_log(out_dir, {'step': step, 'eval': {str(e): r for e, r in res.items()}})
     print0(f"eval step {step}: " + ' | '.join(f"exit {e}: mlm {r['mlm_loss']:.3f} acc {r['mlm_acc']:.3f} "
-                                             f"icc acc {r['icc_acc']:.3f}" for e, r in res.items()))
+                                             f"{objective} acc {r['icc_acc']:.3f}" for e, r in res.items()))
 
 
 # -----------------------------------------------------------------------------
@@ -232,10 +244,10 @@ while step < max_steps:
     loss_sum, stat_sum = 0.0, 0.0
     for micro in range(grad_accum):
         if ddp:  # gradients are all-reduced only on the last micro-step
-            objective.require_backward_grad_sync = micro == grad_accum - 1
+            net.require_backward_grad_sync = micro == grad_accum - 1
         inputs, mask, positions, targets, labels, n_tokens = batch
         with autocast:
-            loss, stats = objective(inputs, mask, positions, targets, labels)
+            loss, stats = net(inputs, mask, positions, targets, labels)
             loss = loss / grad_accum
         tokens_since += n_tokens
         flops_since += 3 * model.estimate_flops(inputs.size(1), mlm_tokens=len(targets) / batch_size) * batch_size
@@ -264,7 +276,7 @@ while step < max_steps:
         append_log(out_dir, {'step': step, 'loss': loss_val, 'lr': lr, 'tok_s': tok_s, 'mfu': mfu,
                              'grad_norm': float(norm), 'exits': {str(e): s for e, s in st.items()}})
         per_exit = ' '.join(f"{e}:{s['mlm_loss']:.2f}/{s['mlm_acc']:.2f}/{s['icc_acc']:.2f}" for e, s in st.items())
-        print0(f"step {step}/{max_steps} | loss {loss_val:.4f} | exit:mlm/acc/icc_acc {per_exit} | lr {lr:.2e} | "
+        print0(f"step {step}/{max_steps} | loss {loss_val:.4f} | exit:mlm/acc/{objective}_acc {per_exit} | lr {lr:.2e} | "
                f"{tok_s:,.0f} tok/s | mfu {100 * mfu:.1f}% | eta {eta / 3600:.1f}h")
         t_log, tokens_since, flops_since, step_logged = time.time(), 0, 0.0, step
 
@@ -283,5 +295,5 @@ while step < max_steps:
         break
 
 if ddp:
-    del objective  # the DDP wrapper holds the process group
+    del net  # the DDP wrapper holds the process group
     leave_distributed()

@@ -227,6 +227,45 @@ PLANTED = '''def merge_sorted_runs(left, right):
 '''
 
 
+# ----------------------------------------------------------------------------- NSP pairs (paper 6.3's baseline)
+
+@pytest.mark.parametrize('seed', [0, 1])
+def test_nsp_plan(seed):
+    rng = np.random.default_rng(seed)
+    files = [rng.integers(1, 6, size=int(rng.integers(1, 12))).tolist() for _ in range(30)]  # snippets per file
+    plan = icc.nsp_plan(files, seed)
+    file_of = [[f for f, c in enumerate(counts) for _ in range(c)] for counts in files]  # repo -> snippet -> file
+    firsts = sorted((r, i) for r in range(len(files)) for i in range(len(file_of[r]) - 1)
+                    if file_of[r][i] == file_of[r][i + 1])
+    assert sorted(items[0] for _, items in plan) == firsts  # every snippet with a successor opens one pair
+    for label, ((ra, a), (rb, b)) in plan:
+        assert len(plan[0][1]) == 2
+        if label == 1:  # the next snippet of the same file
+            assert rb == ra and b == a + 1 and file_of[ra][a] == file_of[rb][b]
+        else:  # a snippet of another repository
+            assert rb != ra and 0 <= b < len(file_of[rb])
+    n, pos = len(plan), sum(l for l, _ in plan)
+    assert abs(pos - n / 2) < 4 * (n / 4) ** 0.5  # label 1 with probability 1/2
+    assert icc.nsp_plan(files, seed) == plan
+
+
+def test_nsp_negatives_are_uniform_over_snippets():
+    """A negative's b is any snippet of the other repositories with equal probability: a repository
+    of 90 snippets is drawn ~9x as often as one of 10 (a chi-square test, scipy as the reference)."""
+    from scipy.stats import chisquare
+    files = [[2] * 200, [1] * 90, [1] * 10]  # only repository 0 has pairs; 1 and 2 are drawn as b
+    plan = icc.nsp_plan(files, 0)
+    drawn = np.bincount([rb for l, (_, (rb, _)) in plan if l == 0], minlength=3)
+    assert drawn[0] == 0 and chisquare(drawn[1:], drawn[1:].sum() * np.array([0.9, 0.1])).pvalue > 1e-3
+
+
+def test_nsp_plan_needs_pairs_and_two_repositories():
+    with pytest.raises(ValueError, match='no file of two or more snippets'):
+        icc.nsp_plan([[1, 1], [1]], 0)
+    with pytest.raises(ValueError, match='one repository'):
+        icc.nsp_plan([[3, 2]], 0)
+
+
 # ----------------------------------------------------------------------------- the stage, end to end
 
 @pytest.fixture(scope='module')
@@ -301,6 +340,41 @@ def test_icc_rerun_reuses_and_interrupted_run_is_cleaned(built, corpus):
     assert after['splits'] == before['splits']  # same data again
     assert sorted(n for n in names if n.endswith('.bin')) == sorted(
         s for v in after['splits'].values() for s in v['shards'])
+
+
+def test_nsp_end_to_end(built, corpus):
+    """--task=nsp: <sep> a <sep> b <cls>, one pair a sequence, from the same snippets and splits as
+    ICC; a label-1 pair decodes to text that follows on in one file, a label-0 pair to snippets of
+    two repositories (checked against the corpus files, not the plan)."""
+    out, _ = built
+    rc, so, se = run_prepare(*build_args(corpus, out), '--task=nsp')
+    assert rc == 0, se
+    tok = get_tokenizer()
+    m, mi = (json.load(open(out / d / 'manifest.json')) for d in ('nsp', 'icc'))
+    assert m['objective'] == 'nsp' and mi['objective'] == 'icc' and m['val_repositories'] == mi['val_repositories']
+    assert m['stats']['tokens'] == mi['stats']['tokens']  # the same snippets
+    assert m['stats']['pad_share'] == pytest.approx(1 - m['stats']['mean_len_packed'] / 512)
+    texts = {}
+    for p in sorted(corpus.rglob('*.py')):
+        texts.setdefault(p.relative_to(corpus).parts[0], []).append(p.read_text(encoding='utf-8', errors='replace'))
+    repo_of = lambda snippet: {r for r, ts in texts.items() if any(snippet in t for t in ts)}
+    ds = data.load_icc(str(out / 'nsp'), 'train', tok_meta=tok, vocab_size=tok.n_vocab)
+    labels = [ds.get(i)[1] for i in range(len(ds))]
+    assert 0.3 < np.mean(labels) < 0.7
+    checked = {0: 0, 1: 0}
+    for i in range(0, len(ds), max(1, len(ds) // 60)):
+        seq, label = ds.get(i)
+        assert seq[0] == tok.sep_id and seq[-1] == tok.cls_id and (seq == tok.sep_id).sum() == 2
+        cut = int(np.flatnonzero(seq == tok.sep_id)[1])
+        a, b = tok.decode(seq[1:cut].tolist()), tok.decode(seq[cut + 1:-1].tolist())
+        if label == 1:
+            assert any(a + b in t for ts in texts.values() for t in ts)
+        elif len(a) > 200 and len(b) > 200:  # long enough to name its repository
+            assert not repo_of(a) & repo_of(b)
+        checked[label] += 1
+    assert min(checked.values()) >= 10
+    rc, so, se = run_prepare(*build_args(corpus, out), '--task=nsp')
+    assert rc == 0 and 'nsp: ' in so and 'reusing it' in so
 
 
 def test_one_repository_split_for_every_stage(built):

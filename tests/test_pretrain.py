@@ -1,6 +1,7 @@
 """Tests of pretrain.py and training.py. Run: python -m pytest tests/test_pretrain.py -q"""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -95,6 +96,8 @@ def test_checkpoint_holds_what_resume_needs(icc, tmp_path):
     (['--block_size=32', '--total_batch_tokens=256'], r"built with max_len=64 > block_size=32"),
     (['--init_from=resume'], r"holds no checkpoint"),
     (['--out_dir=/dev/null/run'], r"out_dir '/dev/null/run' is not writable"),
+    (['--objective=nsp'], r"its sequences are for objective='icc', this run's objective is 'nsp'.*--task=nsp"),
+    (['--objective=sop'], r"objective='sop': expected one of icc, nsp"),
 ])
 def test_bad_input_is_one_clear_line(icc, tmp_path, extra, pattern):
     import re
@@ -114,6 +117,19 @@ def test_missing_and_mismatched_shards(icc, tmp_path):
     json.dump(m, open(os.path.join(bad, 'manifest.json'), 'w'))
     r = pretrain(bad, tmp_path / 'out2')
     assert r.returncode != 0 and 'n_vocab' in r.stderr and 'Traceback' not in r.stderr
+
+
+def test_nsp_objective_trains_on_nsp_shards(icc, tmp_path):
+    """objective='nsp' reads shards whose manifest says nsp (the same format) and logs nsp accuracy."""
+    nsp = tmp_path / 'nsp'
+    shutil.copytree(icc, nsp)
+    m = json.load(open(nsp / 'manifest.json'))
+    json.dump({**m, 'objective': 'nsp'}, open(nsp / 'manifest.json', 'w'))
+    r = pretrain(str(nsp), tmp_path / 'out', objective='nsp', max_steps=2)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert 'exit:mlm/acc/nsp_acc' in r.stdout and 'nsp acc' in r.stdout
+    r = pretrain(str(nsp), tmp_path / 'out2', max_steps=2)  # the default objective refuses them
+    assert r.returncode != 0 and "objective='nsp'" in r.stderr.strip().splitlines()[-1]
 
 
 def test_resume_with_another_config_is_refused(icc, tmp_path):
