@@ -6,6 +6,7 @@
 #   CORPUS=debian (the default where apt-get exists): ~1,000 upstream repositories in 7 languages
 #     from Debian's source packages (~380 MB fetched once into data/debian/);
 #   CORPUS=python (the fallback, offline, any OS): this Python installation's own sources.
+# CT_DIR=<dir> adds CodeXGLUE code-to-code-trans (Java -> C#) to the evaluation.
 set -euo pipefail
 cd "$(dirname "$0")"
 CORPUS=${CORPUS:-debian}
@@ -60,5 +61,11 @@ fi
 
 stage "evaluate every exit on the held-out repositories (one forward for all exits), next to chance, BM25 and NBoW"
 $PY evaluate.py --exit=all --max_len=64
+
+# CT_DIR=<CodeXGLUE Code-Code/code-to-code-trans/data>: the real Java -> C# pairs of its CT_SPLIT (valid), zero-shot
+if [ -n "${CT_DIR:-}" ]; then
+    stage "evaluate every exit on CodeXGLUE code-to-code-trans ($CT_DIR, ${CT_SPLIT:-valid}), next to chance, BM25 and NBoW"
+    $PY evaluate.py --exit=all --task=ct --ct_dir="$CT_DIR" --split="${CT_SPLIT:-valid}" --max_len=256 --out_dir=out/eval-ct
+fi
 
 stage "done"
