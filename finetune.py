@@ -31,7 +31,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from data import load_bigclonebench, read_pairs
 from encode import batched_forward, encoder
 from metrics import mrr, precision_recall_f1, target_ranks
-from model import MoSE, load_state
+from model import EXIT_WEIGHTINGS, MoSE, load_state
 from stage import MASTER, fail, make_out_dir, print0
 from tokenizer import get_tokenizer
 from training import (EpochSampler, Objective, UserError, all_reduce_sum, append_log, autocast_context,
@@ -342,8 +342,8 @@ if __name__ == '__main__':
     # setup: the task's defaults (paper 4.1, 4.2), processes, precision, the batch in pairs
     if task not in ('retrieval', 'clone'):
         fail(f"unknown task {task!r}: expected 'retrieval' or 'clone'")
-    if exit_weighting not in ('depth', 'uniform'):
-        fail(f"exit_weighting={exit_weighting!r}: expected 'depth' or 'uniform'")
+    if exit_weighting not in EXIT_WEIGHTINGS:
+        fail(f"exit_weighting={exit_weighting!r}: expected one of {', '.join(EXIT_WEIGHTINGS)}")
     out_dir = out_dir or f'out/finetune-{task}'
     total_batch = total_batch or {'retrieval': 2048, 'clone': 64}[task]
     warmup_steps = warmup_steps if warmup_steps >= 0 else {'retrieval': 0, 'clone': 2000}[task]

@@ -29,6 +29,7 @@ except ImportError:
 
 
 EXIT_STATS = ('mlm_loss', 'icc_loss', 'mlm_acc', 'icc_acc')  # the entries of pretrain_loss's per-exit statistics
+EXIT_WEIGHTINGS = ('depth', 'uniform')  # MoSE.exit_weights: exit / n_layer (paper 2.2), or 1 at every exit
 
 
 @dataclass
@@ -408,8 +409,8 @@ class MoSE(nn.Module):
     def exit_weights(self, weighting='depth'):
         """{exit i: weight of its loss}: 'depth' = i / n_layer, deeper exits weighing more (paper 2.2,
         pre-training and the paper's fine-tuning); 'uniform' = 1 at every exit (finetune.py's setting)."""
-        if weighting not in ('depth', 'uniform'):
-            raise ValueError(f"exit_weighting={weighting!r}: expected 'depth' or 'uniform'")
+        if weighting not in EXIT_WEIGHTINGS:
+            raise ValueError(f"exit_weighting={weighting!r}: expected one of {', '.join(EXIT_WEIGHTINGS)}")
         return {e: e / self.config.n_layer if weighting == 'depth' else 1.0 for e in self.config.exit_layers}
 
     def pretrain_loss(self, idx, mask, positions, targets, icc_labels, exits=None):

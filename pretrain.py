@@ -124,8 +124,9 @@ if train_data.manifest['max_len'] > block_size:
          f"rebuild them with `python prepare.py --max_len={block_size}` or raise block_size")
 if len(train_data) == 0 or len(val_data) == 0:
     fail(f"{data_dir}: empty split (train {len(train_data)}, val {len(val_data)} sequences)")
-if train_data.manifest.get('objective', 'icc') != objective:
-    fail(f"{data_dir}/manifest.json: its sequences are for objective={train_data.manifest.get('objective', 'icc')!r}, "
+data_objective = train_data.manifest.get('objective', 'icc')  # manifests before NSP hold ICC
+if data_objective != objective:
+    fail(f"{data_dir}/manifest.json: its sequences are for objective={data_objective!r}, "
          f"this run's objective is {objective!r} (build with `python prepare.py --task={objective}`, pass "
          f"--data_dir=data/{objective})")
 train_order, val_order = EpochSampler(len(train_data), seed), EpochSampler(len(val_data), seed)
