@@ -2,7 +2,8 @@
 What the fine-tuning and pre-training data may not hold (prepare.py):
 - held-out near-duplicates: a valid or test function that is a copy or a near-duplicate of a
   training function (MinHash, paper 5's settings: Jaccard >= 0.7, 256 permutations, character
-  5-grams; vendored copies across packages are common) is dropped from its held-out split;
+  5-grams; vendored copies across packages are common) is dropped from its held-out split, and so
+  is a valid function that is one of a test function;
 - contamination: a training function (fine-tuning and clone pairs) or a pre-training file (ICC)
   that contains a function of an evaluation set, verbatim or as a near-duplicate, is dropped. The
   evaluation sets are the held-out test split and benchmark files: CodeSearchNet, CodeXGLUE,
@@ -15,7 +16,7 @@ function of fewer than MIN_CHARS such characters is not looked for: a one-line g
 countless unrelated files. Near-duplicates are looked for among the functions MinHash hashes
 (dedup.function_groups: 3+ lines, 100-20,000 characters); the others only for containing one.
 
-    heldout = drop_heldout_near_duplicates(funcs, groups, where)      # {'valid': n, 'test': n}
+    heldout = drop_heldout_near_duplicates(funcs, groups, where)      # {'valid', 'test', 'valid_of_test'}
     evals = load_eval_sets(eval_sources('../shared/data,csn/python/final/jsonl/test'))
     found = find_contamination(evals, funcs, groups, where, split_of, repos, roots, 0.7, num_proc)
 """
@@ -33,7 +34,8 @@ from sources import file_tasks, source_text
 
 CODE_FIELDS = ('original_string', 'code', 'func', 'code1', 'code2')  # CodeSearchNet, POJ-104 / BigCloneBench, pairs
 MIN_CHARS = 100  # non-whitespace characters of an evaluation function looked for (prepare's MinHash floor too)
-DEFAULT_EVAL_DIR = '../shared/data'  # prepare.py's default; skipped with a note where it does not exist
+DEFAULT_EVAL_DIR = '../shared/data'  # prepare.py's default, beside the repository (not the working directory);
+                                     # skipped with a note where it does not exist
 TEST_SPLIT = 'test split'  # the name of the held-out test split among the evaluation sets
 
 
@@ -42,19 +44,20 @@ TEST_SPLIT = 'test split'  # the name of the held-out test split among the evalu
 def drop_heldout_near_duplicates(funcs, groups, where):
     """Set where[k] = None for every valid / test function k that is an exact copy (same function
     group, whitespace-normalised) or a near-duplicate (a MinHash pair of groups['near']) of a
-    function of a training repository. groups: dedup.function_groups. Returns the count per split."""
-    trained = {g for g, members in enumerate(groups['reps']) if any(where[k] == 'train' for k in members)}
-    near_train = set(trained)
-    for a, b, _ in groups['near']:
-        if a in trained:
-            near_train.add(b)
-        if b in trained:
-            near_train.add(a)
-    dropped = {'valid': 0, 'test': 0}
-    for k in range(len(funcs)):
-        if where[k] in dropped and groups['gid'][k] in near_train:
-            dropped[where[k]] += 1
-            where[k] = None
+    function of a training repository, then for every valid function that is one of a test function
+    (validation picks checkpoints and settings: it may not hold the test). groups:
+    dedup.function_groups. Returns the counts: {'valid', 'test', 'valid_of_test'}."""
+    def near(split):  # the groups of split's functions and their near-duplicates
+        own = {g for g, members in enumerate(groups['reps']) if any(where[k] == split for k in members)}
+        return own | {b for a, b, _ in groups['near'] if a in own} | {a for a, b, _ in groups['near'] if b in own}
+
+    dropped = {'valid': 0, 'test': 0, 'valid_of_test': 0}
+    for splits, key in ((('valid', 'test'), None), (('valid',), 'valid_of_test')):
+        source = near('train' if key is None else 'test')
+        for k in range(len(funcs)):
+            if where[k] in splits and groups['gid'][k] in source:
+                dropped[key or where[k]] += 1
+                where[k] = None
     return dropped
 
 
@@ -114,13 +117,17 @@ def files_sha256(files):
 
 def eval_sources(spec):
     """[{'path', 'files', 'sha256'}] of a comma-separated --decontaminate list; DEFAULT_EVAL_DIR is
-    skipped where it does not exist."""
+    read beside the repository, and skipped where it does not exist."""
     out = []
     for p in [p.strip() for p in spec.split(',') if p.strip()]:
-        if p == DEFAULT_EVAL_DIR and not os.path.exists(p):
-            print(f"decontaminate: {p} not found: checking against the held-out test split only", flush=True)
-            continue
-        files = eval_files(p)
+        where = p
+        if p == DEFAULT_EVAL_DIR:
+            where = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), p))
+            if not os.path.exists(where):
+                print(f"decontaminate: {p} not found beside the repository ({where}): checking against the held-out "
+                      f"test split only", flush=True)
+                continue
+        files = eval_files(where)
         out.append({'path': p, 'files': files, 'sha256': files_sha256(files)})
     return out
 

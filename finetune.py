@@ -94,8 +94,9 @@ def gather_rows(z):
     return torch.cat(parts)
 
 
-def read_training_pairs(task, train_pairs, valid_pairs, bcb_dir):
-    """(streams {kind: training rows}, validation rows, functions {id: code} for clone pairs)."""
+def read_training_pairs(task, train_pairs, valid_pairs, bcb_dir, kinds=('text-code', 'code-code')):
+    """(streams {kind: training rows} of the kinds asked for, validation rows, functions {id: code} for
+    clone pairs)."""
     if task == 'clone':
         funcs, train_rows, skipped = load_bigclonebench(bcb_dir, 'train')
         _, valid_rows, vskipped = load_bigclonebench(bcb_dir, 'valid')
@@ -103,9 +104,11 @@ def read_training_pairs(task, train_pairs, valid_pairs, bcb_dir):
             print0(f"skipped {skipped} train / {vskipped} valid pairs whose ids are missing from {bcb_dir}/data.jsonl")
         return {'clone': train_rows}, valid_rows, funcs
     train_rows, valid_rows = read_pairs(train_pairs), read_pairs(valid_pairs)
-    streams = {k: [r for r in train_rows if r['kind'] == k] for k in ('text-code', 'code-code')}
+    streams = {k: [r for r in train_rows if r['kind'] == k] for k in kinds}
     streams = {k: v for k, v in streams.items() if v}
-    if len(streams) == 1:
+    if not streams:
+        raise UserError(f"{train_pairs}: no {' or '.join(kinds)} pairs")
+    if len(streams) < len(kinds):
         print0(f"warning: {train_pairs} holds only {next(iter(streams))} pairs; batches cannot be balanced")
     return streams, valid_rows, None
 
@@ -134,8 +137,9 @@ def resume_run(out_dir, config):
         raise UserError(f"init_from='resume' but {out_dir} holds no checkpoint")
     model, ckpt, where = load_model(out_dir, f"python finetune.py --task {config['task']}")
     theirs = ckpt.get('config', {})  # the settings the model and the data stream depend on
-    keys = ('task', 'single_exit', 'max_len', 'tokenizer', 'pooling', 'center', 'exit_norm', 'exit_weighting')
-    theirs = {'center': False, 'exit_norm': False, 'exit_weighting': 'depth', **theirs}  # checkpoints made before these settings
+    keys = ('task', 'single_exit', 'max_len', 'tokenizer', 'pooling', 'center', 'exit_norm', 'exit_weighting',
+            'code_code')
+    theirs = {'center': False, 'exit_norm': False, 'exit_weighting': 'depth', 'code_code': True, **theirs}  # checkpoints made before these settings
     differ = [f"{k}={theirs.get(k)!r} here {config[k]!r}" for k in keys if theirs.get(k) != config[k]]
     if differ:
         raise UserError(f"{where} is a checkpoint of another config: {', '.join(differ)}")
@@ -295,6 +299,7 @@ if __name__ == '__main__':
     train_pairs = 'data/retrieval/train.jsonl'   # retrieval pairs from prepare.py (SynthCoNL, CodeSearchNet or local)
     valid_pairs = 'data/retrieval/valid.jsonl'
     bcb_dir = 'data/bigclonebench'   # clone: data.jsonl + train.txt / valid.txt
+    code_code = True                 # retrieval: half of every batch code-code pairs (paper 4.1); False = text-code only
     log_interval = 10
     eval_interval = 200              # steps between validation passes (and at start / end)
     eval_max = 1000                  # validation pairs per kind (retrieval: the candidate pool) or pairs (clone)
@@ -364,7 +369,8 @@ if __name__ == '__main__':
     # data: one stream per kind of pair, each in its own epoch order
     try:
         tok = get_tokenizer(tokenizer)
-        streams, valid_rows, funcs = read_training_pairs(task, train_pairs, valid_pairs, bcb_dir)
+        streams, valid_rows, funcs = read_training_pairs(task, train_pairs, valid_pairs, bcb_dir,
+                                                         ('text-code', 'code-code') if code_code else ('text-code',))
     except (OSError, ValueError, UserError) as e:
         fail(e)
     if batch_size % len(streams):

@@ -132,7 +132,8 @@ def clean_functions(repos, roots, fn_languages, split_of, funcs, evals, dedup_th
     where = [split_of[f['repo']] for f in funcs]
     heldout = drop_heldout_near_duplicates(funcs, groups, where)
     print0(f"heldout: dropped {heldout['valid']:,} valid and {heldout['test']:,} test functions, copies or "
-           f"near-duplicates (Jaccard >= {dedup_threshold}) of a training function")
+           f"near-duplicates (Jaccard >= {dedup_threshold}) of a training function, and "
+           f"{heldout['valid_of_test']:,} valid functions of a test function")
     found = find_contamination(evals, funcs, groups, where, split_of, repos, roots, dedup_threshold, num_proc)
     for line in report(found['record']):
         print0(line)
@@ -482,8 +483,8 @@ if __name__ == '__main__':
     # fine-tuning and clone data
     heldout_fraction = 0.1  # share of functions (by repository) for valid, and again for test
     dedup_threshold = 0.7  # Jaccard threshold of near-duplicates (paper 5)
-    decontaminate = DEFAULT_EVAL_DIR  # evaluation sets that no training function or pre-training file may contain,
-    # besides the held-out test split (decontaminate.py): comma-separated jsonl(.gz) files with a code field, text
+    decontaminate = DEFAULT_EVAL_DIR  # evaluation sets that no training function or pre-training file may contain
+    # (the default: beside the repository), besides the held-out test split (decontaminate.py): comma-separated jsonl(.gz) files with a code field, text
     # files of one function a line, or directories of them (CodeSearchNet, CodeXGLUE, POJ-104); '' = test split only
     bench_rows = 100_000  # rows of the dedup benchmark
     # system

@@ -234,3 +234,24 @@ def test_near_copy_is_a_near_duplicate():
     """The planted NEAR_COPY is what the test says: a MinHash near-duplicate, not a verbatim copy."""
     a, b = squeeze(NEAR), squeeze(NEAR_COPY)
     assert a not in b and (dedup.minhash_signature(a) == dedup.minhash_signature(b)).mean() >= 0.7
+
+
+def test_default_evaluation_dir_is_found_beside_the_repository(tmp_path, monkeypatch, capsys):
+    """The default ../shared/data is read beside the repository, whatever the working directory; a
+    path given on the command line stays relative to the working directory."""
+    import decontaminate
+    repo, shared = tmp_path / 'repo', tmp_path / 'shared' / 'data'
+    repo.mkdir()
+    shared.mkdir(parents=True)
+    (shared / 'test.java-cs.txt.java').write_text('public int f() { return 1; }\n')
+    elsewhere = tmp_path / 'a' / 'b'
+    elsewhere.mkdir(parents=True)
+    monkeypatch.chdir(elsewhere)
+    monkeypatch.setattr(decontaminate, '__file__', str(repo / 'decontaminate.py'))
+    [src] = decontaminate.eval_sources(decontaminate.DEFAULT_EVAL_DIR)
+    assert src['path'] == '../shared/data' and src['files'] == [str(shared / 'test.java-cs.txt.java')]
+    with pytest.raises(FileNotFoundError, match=r'--decontaminate: \./shared/data: not found'):
+        decontaminate.eval_sources('./shared/data')  # relative to the working directory: not there
+    shutil.rmtree(tmp_path / 'shared')
+    assert decontaminate.eval_sources(decontaminate.DEFAULT_EVAL_DIR) == []
+    assert f"../shared/data not found beside the repository ({shared})" in capsys.readouterr().out

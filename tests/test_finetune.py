@@ -295,3 +295,25 @@ def test_pairs_with_missing_ids(pretrained, data, tmp_path):
         (bad / f'{split}.txt').write_text('1\t7\t1\n8\t9\t0\n')
     check_error(finetune(pretrained, data, tmp_path / 'out', task='clone', bcb_dir=str(bad)),
                 'no usable pairs', 'missing')
+
+
+def test_text_code_only_batches(data, tok):
+    """code_code=False: every row of a batch is a text-code pair (documentation query, function), and
+    the batch holds as many of them as a mixed batch holds of both kinds; a file without the kind asked
+    for is an error naming it."""
+    from finetune import make_batch, read_training_pairs
+    from training import EpochSampler
+    for kinds in (('text-code',), ('text-code', 'code-code')):
+        streams, _, _ = read_training_pairs('retrieval', str(data / 'train.jsonl'), str(data / 'valid.jsonl'), '',
+                                            kinds)
+        assert list(streams) == list(kinds)
+        orders = {k: EpochSampler(len(v), 7 + i) for i, (k, v) in enumerate(streams.items())}
+        seqs, _ = make_batch(0, streams, orders, 8 // len(streams), tok, 96)
+        queries, codes = seqs[:8], seqs[8:]
+        text_queries = {tuple(tok.query_input(r['query'], 96)) for r in streams['text-code']}
+        assert len(queries) == len(codes) == 8
+        assert sum(tuple(q) in text_queries for q in queries) == (8 if kinds == ('text-code',) else 4)
+    only_code = data / 'code-only.jsonl'
+    only_code.write_text(''.join(l for l in open(data / 'train.jsonl') if '"code-code"' in l))
+    with pytest.raises(Exception, match='code-only.jsonl: no text-code pairs'):
+        read_training_pairs('retrieval', str(only_code), str(data / 'valid.jsonl'), '', ('text-code',))

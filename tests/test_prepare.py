@@ -197,8 +197,8 @@ def test_minhash_dedup_threshold_semantics():
 
 def test_drop_heldout_near_duplicates():
     """A valid / test function that is a copy or a near-duplicate of a training function is dropped
-    from its split and counted; near-duplicates between two held-out splits, and training
-    functions, are kept."""
+    from its split and counted, and so is a valid function that near-duplicates a test function;
+    the test function, and training functions, are kept."""
     from decontaminate import drop_heldout_near_duplicates
     near = FUNC.replace('    return result', '    # keep the order of equal keys\n    return result')
     rows = [('t', FUNC), ('t', THIRD), ('v', '\n\n' + FUNC.replace('    ', '\t')),  # an exact copy, re-indented
@@ -207,8 +207,8 @@ def test_drop_heldout_near_duplicates():
     funcs = [{'original_string': code, 'language': 'python', 'repo': repo} for repo, code in rows]
     groups = dedup.function_groups(funcs, 0.7, 1)
     where = [{'t': 'train', 'v': 'valid', 's': 'test'}[f['repo']] for f in funcs]
-    assert drop_heldout_near_duplicates(funcs, groups, where) == {'valid': 1, 'test': 2}
-    assert where == ['train', 'train', None, None, 'valid', 'test', None, 'train']
+    assert drop_heldout_near_duplicates(funcs, groups, where) == {'valid': 1, 'test': 2, 'valid_of_test': 1}
+    assert where == ['train', 'train', None, None, None, 'test', None, 'train']
 
 
 PLANTED = '''def merge_sorted_runs(left, right):
@@ -452,7 +452,8 @@ def test_heldout_near_duplicates_of_training_functions_dropped(built):
     n_repos = {s: sum(1 for r, sp in splits.items() if sp == s and r != 'assets') for s in ('valid', 'test')}
     assert n_repos['valid'] >= 1 and n_repos['test'] >= 1
     line = next(l for l in so.splitlines() if l.startswith('heldout: dropped'))
-    counts = {s: int(n.replace(',', '')) for n, s in re.findall(r'([\d,]+) (valid|test)', line)}
+    m = re.search(r'([\d,]+) valid and ([\d,]+) test functions, .* ([\d,]+) valid functions of a test function', line)
+    counts = dict(zip(('valid', 'test', 'valid_of_test'), (int(n.replace(',', '')) for n in m.groups())))
     assert counts['valid'] >= 2 * n_repos['valid'] and counts['test'] >= 2 * n_repos['test']
     for d in ('retrieval', 'bigclonebench'):
         assert json.load(open(out / d / 'manifest.json'))['heldout_near_duplicates'] == counts
