@@ -297,7 +297,7 @@ def build_finetune(which, source, fingerprint, split_of, fn_languages, clean, cl
     with the same settings reuses it."""
     settings = {'source': source, 'corpus_sha256': fingerprint, 'seed': seed, 'heldout_fraction': heldout_fraction,
                 'dedup_threshold': dedup_threshold, 'function_languages': sorted(fn_languages),
-                'extraction': 'tree-sitter', **clean_settings}
+                'extraction': 'tree-sitter', 'valid_without_test': True, **clean_settings}
     dirs = {'retrieval': os.path.join(out_dir, 'retrieval'), 'clone': os.path.join(out_dir, 'bigclonebench')}
     for w in list(which):
         if built_with(dirs[w], settings):
