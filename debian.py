@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tarfile
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 import zlib
@@ -218,6 +219,22 @@ def _download(url, part, offset, timeout):
     return n
 
 
+def _download_retrying(url, part, timeout, tries=3, wait=2.0):
+    """_download from where `part` ends, tried again after a network error (a timeout, a reset
+    connection, an HTTP 5xx): a transient failure would otherwise put the next candidate package
+    in the corpus in this one's place. A 404, another HTTP answer or a missing file is final."""
+    for t in range(tries):
+        have = os.path.getsize(part) if os.path.exists(part) else 0
+        try:
+            return _download(url, part, have, timeout)
+        except (OSError, ValueError) as e:  # URLError and timeouts are OSErrors; the .part stays for a resume
+            final = isinstance(e, (FileNotFoundError, ValueError)) or (
+                isinstance(e, urllib.error.HTTPError) and e.code < 500)
+            if final or t == tries - 1:
+                raise CorpusError(f"{url}: download failed ({e}{'' if final else f'; {tries} tries'})") from None
+            time.sleep(wait * (t + 1))
+
+
 def fetch(url, dest, size, sha256, timeout=60):
     """Download url to dest: into dest.part, resumed where an earlier try stopped, and renamed to
     dest only when its size and sha256 are the index's, so dest is absent or right. A resumed
@@ -229,10 +246,7 @@ def fetch(url, dest, size, sha256, timeout=60):
             os.remove(part)
             have = 0
         if have < size:
-            try:
-                got += _download(url, part, have, timeout)
-            except (OSError, ValueError) as e:  # URLError and timeouts are OSErrors; the .part stays for a resume
-                raise CorpusError(f"{url}: download failed ({e})") from None
+            got += _download_retrying(url, part, timeout)
         digest = file_sha256(part) if os.path.exists(part) else ''
         if os.path.getsize(part) == size and digest == sha256:
             os.replace(part, dest)
@@ -523,7 +537,10 @@ def _say_changes(old, new, mpath):
     added, removed, changed = corpus_changes(old.get('packages', {}), new['packages'])
     if not added + removed + changed:
         return
-    why = 'the settings changed' if old.get('settings') != new['settings'] else 'the archive moved on'
+    failed = old.get('skipped', {}).get('download failed', 0)
+    why = ('the settings changed' if old.get('settings') != new['settings'] else
+           f"{failed} download(s) that failed then were tried again, or the archive moved on" if failed else
+           'the archive moved on')
     print(f"WARNING: the corpus is not the one of {mpath} ({old.get('created', '?')}): {why}: {len(added)} packages "
           f"added, {len(removed)} removed, {len(changed)} changed (the old manifest is kept as manifest.previous.json)",
           file=sys.stderr, flush=True)

@@ -312,3 +312,34 @@ def test_load_corpus_debian_with_an_exclusion_list(tmp_path):
     assert sorted(p for _, p, _ in sources.iter_files(repos, roots)) == ['foo/core.py', 'foo/util.py', 'v.py']
     with pytest.raises(CorpusError, match="languages: unknown cobol"):
         debian.debian_corpus(str(tmp_path / 'data'), languages=('cobol',), indexes=indexes)
+
+
+def test_fetch_tries_a_network_error_again_but_not_a_404(tmp_path, monkeypatch):
+    """A connection reset mid-download is tried again from where the .part ends, so a transient
+    failure does not swap the package for the next candidate; a 404 is final after one try."""
+    import urllib.error
+    blob = os.urandom(50_000)
+    (tmp_path / 'f.bin').write_bytes(blob)
+    url, dest, digest = f"file://{tmp_path}/f.bin", str(tmp_path / 'out.bin'), hashlib.sha256(blob).hexdigest()
+    real, calls = debian._download, []
+
+    def flaky(u, part, offset, timeout):
+        calls.append(offset)
+        if len(calls) == 1:  # the first try writes 20,000 bytes, then the connection drops
+            open(part, 'wb').write(blob[:20_000])
+            raise ConnectionResetError(104, 'Connection reset by peer')
+        return real(u, part, offset, timeout)
+    monkeypatch.setattr(debian, '_download', flaky)
+    monkeypatch.setattr(debian.time, 'sleep', lambda s: None)
+    debian.fetch(url, dest, len(blob), digest)
+    assert calls == [0, 20_000] and open(dest, 'rb').read() == blob
+    os.remove(dest)
+
+    def missing(u, part, offset, timeout):
+        calls.append(u)
+        raise urllib.error.HTTPError(u, 404, 'Not Found', {}, None)
+    calls.clear()
+    monkeypatch.setattr(debian, '_download', missing)
+    with pytest.raises(CorpusError, match=r'download failed \(HTTP Error 404: Not Found\)$'):
+        debian.fetch(url, dest, len(blob), digest)
+    assert len(calls) == 1 and not os.path.exists(dest)
