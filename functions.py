@@ -197,8 +197,10 @@ def python_docstring(node, src):
     return inspect.cleandoc(value), first
 
 
-_TAG = re.compile(r'^\s*(@\w|:(param|type|return|returns|rtype|raises|arg|keyword)\b|>>>|\.\. \w|\S+::(\s|$)|'
-                  r'(Args|Arguments|Returns|Raises|Parameters|Example|Examples|Note|Yields):\s*$)')
+_TAG = re.compile(r'^\s*((?![@\\]brief\b)@\w|:(param|type|return|returns|rtype|raises|arg|keyword)\b|>>>|\.\. \w|'
+                  r'\S+::(\s|$)|(Args|Arguments|Returns|Raises|Parameters|Example|Examples|Note|Yields):\s*$|'
+                  r'\\(param|tparam|returns?|retval|throws?|exception|note|see|sa|pre|post|warning|since|deprecated|'
+                  r'code|example|author|version|bug|todo)\b)')  # the last: Doxygen's backslash commands (C, C++)
 
 
 # HTML tags of documentation comments (not every <...>: List<String> stays)
@@ -208,14 +210,14 @@ _HTML = re.compile(r'</?(a|b|i|u|s|em|strong|code|tt|pre|p|br|hr|ul|ol|li|dl|dt|
 
 def first_paragraph(doc):
     """The documentation's first paragraph as one line: up to a blank line or a tag (@param,
-    :param, Args:, >>>, RDoc's `name::` lists), without markup ({@link X}, <p>, `x`, :func:`x`,
+    :param, Args:, >>>, RDoc's `name::` lists, Doxygen's \\param), without markup ({@link X}, <p>, `x`, :func:`x`,
     [text](url), RDoc's _x_ and +x+, entities)."""
     lines = []
     for ln in doc.strip().split('\n'):
         if not ln.strip() or _TAG.match(ln):
             break
         lines.append(ln)
-    text = ' '.join(lines)
+    text = re.sub(r'^\s*[@\\]brief\s+', '', ' '.join(lines))  # Doxygen's \brief / @brief: the summary itself
     text = re.sub(r'\{@link(?:plain)?\s+\S+\s+([^}]+)\}', r'\1', text)  # {@link X label}: the label
     text = re.sub(r'\{@\w+\s*([^}]*)\}', r'\1', text)  # {@code x}, {@link X}: the content
     text = _HTML.sub('', text)

@@ -237,6 +237,12 @@ def test_first_paragraph_drops_markup_and_tags():
     assert F.first_paragraph('Summary line.\nArgs:\n  x: y') == 'Summary line.'
     assert F.first_paragraph('Encodes +data+ as _hex_ text.\n_stream_:: The data.') == 'Encodes data as hex text.'
     assert F.first_paragraph('Keeps snake_case, __init__ and a + b + c.') == 'Keeps snake_case, __init__ and a + b + c.'
+    assert F.first_paragraph('Turn the backlight on or off.\n\\param drvthis  Pointer to driver.\n\\return 0') == \
+        'Turn the backlight on or off.'
+    assert F.first_paragraph('\\brief Flush the framebuffer\nto the display.\n@return nothing') == \
+        'Flush the framebuffer to the display.'
+    assert F.first_paragraph('@brief Opens the port.') == 'Opens the port.'
+    assert F.first_paragraph('Splits on \\n and tabs.') == 'Splits on \\n and tabs.'
     assert F.strip_markers('/**\n   * One.\n   *\n   * Two.\n   */') == 'One.\n\nTwo.'
     assert F.strip_markers('// a\n// b') == 'a\nb' and F.strip_markers('# a\n# b\n#   c') == 'a\nb\n  c'
 
