@@ -212,6 +212,8 @@ def first_paragraph(doc):
     """The documentation's first paragraph as one line: up to a blank line or a tag (@param,
     :param, Args:, >>>, RDoc's `name::` lists, Doxygen's \\param), without markup ({@link X}, <p>, `x`, :func:`x`,
     [text](url), RDoc's _x_ and +x+, entities)."""
+    if re.match(r'\s*[@\\]file\b', doc):  # Doxygen's file header before the first function: not its documentation
+        return ''
     lines = []
     for ln in doc.strip().split('\n'):
         if not ln.strip() or _TAG.match(ln):

@@ -298,7 +298,7 @@ def build_finetune(which, source, fingerprint, split_of, fn_languages, clean, cl
     settings = {'source': source, 'corpus_sha256': fingerprint, 'seed': seed, 'heldout_fraction': heldout_fraction,
                 'dedup_threshold': dedup_threshold, 'function_languages': sorted(fn_languages),
                 'extraction': 'tree-sitter 2', 'valid_without_test': True, **clean_settings}
-    # 'tree-sitter 2': Doxygen's param and brief commands in queries (functions.first_paragraph); a setting that changes
+    # 'tree-sitter 2': Doxygen's param, brief and file commands in queries (functions.first_paragraph); a setting that changes
     # rebuilds the data of an earlier build
     dirs = {'retrieval': os.path.join(out_dir, 'retrieval'), 'clone': os.path.join(out_dir, 'bigclonebench')}
     for w in list(which):

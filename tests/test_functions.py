@@ -242,6 +242,7 @@ def test_first_paragraph_drops_markup_and_tags():
     assert F.first_paragraph('\\brief Flush the framebuffer\nto the display.\n@return nothing') == \
         'Flush the framebuffer to the display.'
     assert F.first_paragraph('@brief Opens the port.') == 'Opens the port.'
+    assert F.first_paragraph('\\file \\brief Defines the base classes for constraints.') == ''  # a file's header
     assert F.first_paragraph('Splits on \\n and tabs.') == 'Splits on \\n and tabs.'
     assert F.strip_markers('/**\n   * One.\n   *\n   * Two.\n   */') == 'One.\n\nTwo.'
     assert F.strip_markers('// a\n// b') == 'a\nb' and F.strip_markers('# a\n# b\n#   c') == 'a\nb\n  c'
