@@ -49,15 +49,23 @@ def drop_heldout_near_duplicates(funcs, groups, where):
     dedup.function_groups. Returns the counts: {'valid', 'test', 'valid_of_test'}."""
     def near(split):  # the groups of split's functions and their near-duplicates
         own = {g for g, members in enumerate(groups['reps']) if any(where[k] == split for k in members)}
-        return own | {b for a, b, _ in groups['near'] if a in own} | {a for a, b, _ in groups['near'] if b in own}
+        out = set(own)
+        for a, b, _ in groups['near']:
+            if a in own or b in own:
+                out.update((a, b))
+        return out
 
     dropped = {'valid': 0, 'test': 0, 'valid_of_test': 0}
-    for splits, key in ((('valid', 'test'), None), (('valid',), 'valid_of_test')):
-        source = near('train' if key is None else 'test')
-        for k in range(len(funcs)):
-            if where[k] in splits and groups['gid'][k] in source:
-                dropped[key or where[k]] += 1
-                where[k] = None
+    trained = near('train')
+    for k in range(len(funcs)):
+        if where[k] in ('valid', 'test') and groups['gid'][k] in trained:
+            dropped[where[k]] += 1
+            where[k] = None
+    tested = near('test')  # the test functions that are left
+    for k in range(len(funcs)):
+        if where[k] == 'valid' and groups['gid'][k] in tested:
+            dropped['valid_of_test'] += 1
+            where[k] = None
     return dropped
 
 

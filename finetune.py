@@ -139,7 +139,8 @@ def resume_run(out_dir, config):
     theirs = ckpt.get('config', {})  # the settings the model and the data stream depend on
     keys = ('task', 'single_exit', 'max_len', 'tokenizer', 'pooling', 'center', 'exit_norm', 'exit_weighting',
             'code_code')
-    theirs = {'center': False, 'exit_norm': False, 'exit_weighting': 'depth', 'code_code': True, **theirs}  # checkpoints made before these settings
+    # checkpoints made before these settings had their defaults
+    theirs = {'center': False, 'exit_norm': False, 'exit_weighting': 'depth', 'code_code': True, **theirs}
     differ = [f"{k}={theirs.get(k)!r} here {config[k]!r}" for k in keys if theirs.get(k) != config[k]]
     if differ:
         raise UserError(f"{where} is a checkpoint of another config: {', '.join(differ)}")

@@ -298,8 +298,7 @@ def build_finetune(which, source, fingerprint, split_of, fn_languages, clean, cl
     settings = {'source': source, 'corpus_sha256': fingerprint, 'seed': seed, 'heldout_fraction': heldout_fraction,
                 'dedup_threshold': dedup_threshold, 'function_languages': sorted(fn_languages),
                 'extraction': 'tree-sitter 2', 'valid_without_test': True, **clean_settings}
-    # 'tree-sitter 2': Doxygen's param, brief and file commands in queries (functions.first_paragraph); a setting that changes
-    # rebuilds the data of an earlier build
+    # a changed setting rebuilds an earlier build's data ('tree-sitter 2': Doxygen's commands end a query)
     dirs = {'retrieval': os.path.join(out_dir, 'retrieval'), 'clone': os.path.join(out_dir, 'bigclonebench')}
     for w in list(which):
         if built_with(dirs[w], settings):
@@ -485,9 +484,10 @@ if __name__ == '__main__':
     # fine-tuning and clone data
     heldout_fraction = 0.1  # share of functions (by repository) for valid, and again for test
     dedup_threshold = 0.7  # Jaccard threshold of near-duplicates (paper 5)
-    decontaminate = DEFAULT_EVAL_DIR  # evaluation sets that no training function or pre-training file may contain
-    # (the default: beside the repository), besides the held-out test split (decontaminate.py): comma-separated jsonl(.gz) files with a code field, text
-    # files of one function a line, or directories of them (CodeSearchNet, CodeXGLUE, POJ-104); '' = test split only
+    decontaminate = DEFAULT_EVAL_DIR  # evaluation sets that no training function or pre-training file may contain,
+    # besides the held-out test split (decontaminate.py): comma-separated jsonl(.gz) files with a code field, text
+    # files of one function a line, or directories of them (CodeSearchNet, CodeXGLUE, POJ-104); '' = test split
+    # only; the default is read beside the repository
     bench_rows = 100_000  # rows of the dedup benchmark
     # system
     seed = 1337
