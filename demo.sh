@@ -56,7 +56,9 @@ if [ -f "out/finetune-retrieval/ckpt_$(printf %07d "$FINETUNE_STEPS").pt" ]; the
     echo "out/finetune-retrieval already holds step $FINETUNE_STEPS: reused"
 else
     rm -rf out/finetune-retrieval
-    $PY finetune.py config/finetune_tiny.py --task=retrieval --max_steps="$FINETUNE_STEPS"
+    # the lr x0.3 from 3/4 of the steps, x0.1 from 7/8 (config/finetune_tiny.py)
+    $PY finetune.py config/finetune_tiny.py --task=retrieval --max_steps="$FINETUNE_STEPS" \
+        --lr_milestones="[($(( FINETUNE_STEPS * 3 / 4 )), 0.3), ($(( FINETUNE_STEPS * 7 / 8 )), 0.1)]"
 fi
 
 stage "evaluate every exit on the held-out repositories (one forward for all exits), next to chance, BM25 and NBoW"

@@ -35,8 +35,8 @@ from model import EXIT_WEIGHTINGS, MoSE, load_state
 from stage import MASTER, fail, make_out_dir, print0
 from tokenizer import get_tokenizer
 from training import (EpochSampler, Objective, UserError, all_reduce_sum, append_log, autocast_context,
-                      check_model_tokenizer, leave_distributed, left_pad, list_checkpoints, load_model, lr_at,
-                      micro_batch_start, rng_state, save_run, set_rng_state, setup_distributed, truncate_log)
+                      check_milestones, check_model_tokenizer, leave_distributed, left_pad, list_checkpoints, load_model,
+                      lr_at, micro_batch_start, rng_state, save_run, set_rng_state, setup_distributed, truncate_log)
 
 WORD = re.compile(r'\b[A-Za-z_][A-Za-z0-9_]*\b')
 
@@ -328,6 +328,8 @@ if __name__ == '__main__':
     learning_rate = 1e-5
     warmup_steps = -1                # -1 = the paper's: 0 retrieval, 2,000 clone
     max_steps = 0                    # 0 = retrieval 1,000 (the paper gives none), clone 14,000 (paper 4.2)
+    lr_milestones = []               # [(step, multiplier), ...]: from each step on, lr x multiplier (training.lr_at);
+                                     # [] = the paper's constant lr
     weight_decay = 0.1
     embed_lr_mult = 1.0              # the token embedding's lr as a multiple of learning_rate (model.configure_optimizers)
     beta1 = 0.9
@@ -359,6 +361,10 @@ if __name__ == '__main__':
     device_type = 'cuda' if device.startswith('cuda') else 'cpu'
     dtype, ptdtype, autocast = autocast_context(device_type, dtype)
     torch.manual_seed(seed + rank)
+    try:
+        check_milestones(lr_milestones)
+    except UserError as e:
+        fail(e)
     if total_batch % (batch_size * world_size):
         fail(f"total_batch={total_batch} is not divisible by batch_size x world_size = {batch_size} x {world_size}")
     grad_accum = total_batch // (batch_size * world_size)
@@ -426,7 +432,7 @@ if __name__ == '__main__':
         report_eval()
     t_log, step_logged, seen = time.time(), step, 0
     while step < max_steps:
-        lr = lr_at(step, learning_rate, warmup_steps)
+        lr = lr_at(step, learning_rate, warmup_steps, lr_milestones)
         for group in optimizer.param_groups:
             group['lr'] = lr * group.get('lr_mult', 1.0)
         batches = [get_batch(micro_batch_start(data_pos, m, grad_accum, world_size, rank, batch_size))

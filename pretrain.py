@@ -28,8 +28,8 @@ from model import EXIT_STATS, MoSE, MoSEConfig
 from stage import MASTER, fail, make_out_dir, print0
 from tokenizer import get_tokenizer
 from training import (EpochSampler, Objective, UserError, all_reduce_sum, append_log, autocast_context,
-                      check_model_tokenizer, leave_distributed, left_pad, list_checkpoints, load_model, lr_at, mask_tokens,
-                      micro_batch_start, peak_flops, save_run, set_rng_state, setup_distributed, truncate_log)
+                      check_milestones, check_model_tokenizer, leave_distributed, left_pad, list_checkpoints, load_model,
+                      lr_at, mask_tokens, micro_batch_start, peak_flops, save_run, set_rng_state, setup_distributed, truncate_log)
 
 # -----------------------------------------------------------------------------
 # I/O
@@ -101,6 +101,10 @@ dtype, ptdtype, autocast = autocast_context(device_type, dtype)
 torch.manual_seed(seed + rank)
 if device_type == 'cuda':
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+try:
+    check_milestones(lr_milestones)
+except UserError as e:
+    fail(e)
 tokens_per_micro = batch_size * block_size * world_size
 if total_batch_tokens % tokens_per_micro:
     fail(f"total_batch_tokens={total_batch_tokens} is not divisible by batch_size x block_size x world_size "

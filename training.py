@@ -179,6 +179,16 @@ def _ordinary_ids(special_ids, vocab_size):
 # -----------------------------------------------------------------------------
 # schedule
 
+def check_milestones(milestones):
+    """The lr_milestones setting: [(step, multiplier), ...], steps increasing and >= 0, multipliers > 0."""
+    pairs = isinstance(milestones, (list, tuple)) and all(
+        isinstance(m, (list, tuple)) and len(m) == 2 and isinstance(m[0], int) and not isinstance(m[0], bool)
+        and m[0] >= 0 and isinstance(m[1], (int, float)) and m[1] > 0 for m in milestones)
+    if not pairs or any(a[0] >= b[0] for a, b in zip(milestones, milestones[1:])):
+        raise UserError(f"lr_milestones={milestones!r}: expected [(step, multiplier), ...] with increasing steps "
+                        f">= 0 and multipliers > 0")
+
+
 def lr_at(step, peak, warmup, milestones=()):
     """Linear warmup to `peak` over `warmup` steps, then multi-step decay (DeepSeek LLM, Bi et al.
     2024): from each milestone step on, the lr is peak x that milestone's multiplier."""

@@ -266,6 +266,18 @@ def test_unknown_exit_weighting(pretrained, data, tmp_path):
     check_error(finetune(pretrained, data, tmp_path, exit_weighting='linear'), "exit_weighting='linear'")
 
 
+def test_lr_follows_the_milestones(pretrained, data, tmp_path):
+    """The logged lr of each step: the peak after warmup, times each milestone's multiplier from its step on."""
+    r = finetune(pretrained, data, tmp_path, max_steps=4, warmup_steps=0, lr_milestones='[(2, 0.3), (3, 0.1)]')
+    assert r.returncode == 0, r.stderr
+    lrs = [json.loads(line)['lr'] for line in open(tmp_path / 'log.jsonl') if '"lr"' in line]
+    assert lrs == pytest.approx([1e-3, 1e-3, 3e-4, 1e-4], rel=1e-9)
+
+
+def test_malformed_milestones(pretrained, data, tmp_path):
+    check_error(finetune(pretrained, data, tmp_path, lr_milestones='[300]'), 'lr_milestones=[300]')
+
+
 def test_unknown_task(pretrained, data, tmp_path):
     check_error(finetune(pretrained, data, tmp_path, task='ranking'), "unknown task 'ranking'")
 

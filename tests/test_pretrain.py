@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from helpers import losses, make_icc_dataset
-from training import (EpochSampler, batch_rows, left_pad, list_checkpoints, load_checkpoint, lr_at, mask_tokens,
-                      save_checkpoint)
+from training import (EpochSampler, UserError, batch_rows, check_milestones, left_pad, list_checkpoints,
+                      load_checkpoint, lr_at, mask_tokens, save_checkpoint)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(n_layer=4, n_embd=32, n_head=4, n_kv_head=1, intermediate_size=96, exit_layers=[2, 4],
@@ -174,6 +174,19 @@ MILESTONES = [(120_000, 0.36), (185_000, 0.1), (220_000, 0.031), (230_000, 0.01)
 ])
 def test_lr_at_every_milestone(step, expected):
     assert lr_at(step, 6.24e-4, 4000, MILESTONES) == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize('bad', [[300], [(300,)], [(300, 0.3), (200, 0.1)], [(300, 0.3), (300, 0.1)], [(-1, 0.3)],
+                                 [(300, 0)], [(300.5, 0.3)], [('300', 0.3)], 0.3])
+def test_malformed_milestones_are_refused(bad):
+    with pytest.raises(UserError, match='lr_milestones='):
+        check_milestones(bad)
+
+
+def test_wellformed_milestones_pass():
+    check_milestones([])
+    check_milestones(MILESTONES)
+    check_milestones([[300, 0.3], [350, 1]])  # lists, as a JSON config would give
 
 
 def test_config_files_hold_the_paper_schedule():
