@@ -7,6 +7,8 @@ Starcoder2Model (made bidirectional, with the same heads and loss) in the same r
     python bench.py config/mose_1b.py --vocab_size=49156 --batch_size=8 --block_size=2048 --compile=true   # one GPU, bf16
     python bench.py config/mose_tiny.py --vocab_size=8196 --json_out=bench.jsonl --label=tiny   # + one JSON line
     python bench.py config/mose_1b.py --vocab_size=49156 --profile=true   # + where the step's time goes
+    python bench.py config/mose_tiny.py --vocab_size=8196 --batch_size=512 --block_size=64 --profile=true
+                                                        # the fine-tuning step's shape (finetune_tiny: 256 pairs)
 
 MFU is the model's FLOPs (model.estimate_flops, forward x 3) per second over the device's peak:
 training.PEAK_FLOPS' dense bf16 figure for a GPU, a measured matmul for a CPU. Peak memory is
@@ -176,9 +178,13 @@ def profile_model_step():
 
     def attn(mask):
         return lambda: attention(q, k, v, mask, p).backward(gy)
+
+    def sdpa():  # SDPA on the compute dtype as it comes, which model.attention does not use for bf16 on a CPU
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=p, enable_gqa=n_kv_head != n_head).backward(gy)
     out['alone_ms'] = {f'MLM loss, {len(exits)} exits': 1000 * timed(mlm),
                        f'attention, {n_layer} blocks, mask None': 1000 * n_layer * timed(attn(None)),
-                       f'attention, {n_layer} blocks, all-True mask': 1000 * n_layer * timed(attn(ones))}
+                       f'attention, {n_layer} blocks, all-True mask': 1000 * n_layer * timed(attn(ones)),
+                       f'SDPA in {dtype} directly, {n_layer} blocks': 1000 * n_layer * timed(sdpa)}
     model.zero_grad(set_to_none=True)
     hs = q = k = v = gy = None  # freed before the profile
 

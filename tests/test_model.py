@@ -524,3 +524,22 @@ def test_bad_config(kw, msg):
 def test_unknown_config_key_in_checkpoint():
     with pytest.raises(ValueError, match=r"unknown model config keys \['n_layers'\]"):
         config_from_dict({'n_layers': 3})
+
+
+def test_cpu_bf16_attention_runs_in_float32():
+    """On a CPU, bf16 q, k, v (as the projections give them under autocast) are attended in float32
+    (model.attention: the bf16 kernel's backward is ~4x slower there): the result is the float32
+    attention rounded to bf16, not what SDPA in bf16 gives, and gradients reach q, k and v."""
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(8, 4, 64, 32, generator=g).bfloat16().requires_grad_()
+    k, v = (torch.randn(8, 1, 64, 32, generator=g).bfloat16().requires_grad_() for _ in range(2))
+    mask = torch.ones(8, 64, dtype=torch.bool)
+    mask[::2, :20] = False  # left padding
+    m = mask[:, None, None, :]
+    ref = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=m, enable_gqa=True).bfloat16()
+    in_bf16 = F.scaled_dot_product_attention(q, k, v, attn_mask=m, enable_gqa=True)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        y = attention(q, k, v, mask, 0.0)
+    assert y.dtype == torch.bfloat16 and torch.equal(y, ref) and not torch.equal(y, in_bf16)
+    y.float().square().sum().backward()
+    assert all(t.grad is not None and t.grad.dtype == torch.bfloat16 and t.grad.abs().sum() > 0 for t in (q, k, v))
