@@ -196,6 +196,20 @@ def clean_icc_dir(icc_dir):
         print0(f"icc: removed {removed} files of an earlier incomplete or different build")
 
 
+def sample_files(repos, fraction, seed):
+    """ceil(fraction x n) of each repository's n files, drawn in seeded order and kept in file order:
+    every repository stays, with a share of its files (a pre-training run of a few million tokens
+    reads a few percent of a 100M-token corpus; tokenising the rest would only cost time)."""
+    if fraction >= 1:
+        return repos
+    rng = np.random.default_rng(seed)
+    out = {}
+    for r in sorted(repos):
+        keep = np.sort(rng.permutation(len(repos[r]))[:int(np.ceil(fraction * len(repos[r])))])
+        out[r] = [repos[r][i] for i in keep]
+    return out
+
+
 def tokenise_corpus(repos, tokenizer, budget, num_proc):
     """Every file of the corpus as snippets of at most `budget` tokens, in num_proc processes.
     Returns ({repository: its snippets in file order}, for the repositories with any, and stats;
@@ -249,11 +263,12 @@ def write_icc_split(icc_dir, split, snippets, tok, max_len, seed, shard_tokens, 
 
 def run_icc(repos, roots, source, fingerprint, held_out, out_dir, tokenizer, max_len, snippet_len=0, val_fraction=0.05,
             seed=1337, shard_tokens=64 * 2 ** 20, max_bytes=0, num_proc=1, clean=None, clean_settings=None,
-            objective='icc'):
+            objective='icc', file_fraction=1.0):
     """ICC pre-training shards (paper 2.1, Fig. 2) in out_dir/icc/, or with objective='nsp' BERT's
     next-snippet pairs (nsp_plan, the same snippets) in out_dir/nsp/, split by repository; the
     `held_out` repositories (the retrieval test split) are validation ones, never pre-trained on,
-    and the files of clean()['icc_files'] (those that contain an evaluation function) are left out.
+    and the files of clean()['icc_files'] (those that contain an evaluation function) are left out;
+    file_fraction < 1 tokenises that share of each repository's files (sample_files).
     The manifest is written last: its presence marks a complete dataset, reused on a rerun."""
     from tokenizer import get_tokenizer
     if objective not in OBJECTIVES:
@@ -264,7 +279,8 @@ def run_icc(repos, roots, source, fingerprint, held_out, out_dir, tokenizer, max
     budget = snippet_budget(max_len, snippet_len)
     settings = {'source': source, 'corpus_sha256': fingerprint, 'tokenizer': tok.meta(), 'max_len': max_len,
                 'snippet_len': budget, 'val_fraction': val_fraction, 'seed': seed, 'shard_tokens': shard_tokens,
-                'max_bytes': max_bytes, 'held_out': sorted(held_out), 'objective': objective, **(clean_settings or {})}
+                'max_bytes': max_bytes, 'held_out': sorted(held_out), 'objective': objective, **(clean_settings or {}),
+                **({'file_fraction': file_fraction} if file_fraction < 1 else {})}
     mpath = os.path.join(icc_dir, 'manifest.json')
     if built_with(icc_dir, settings):
         print0(f"{objective}: {mpath} is complete and was built with these settings: reusing it")
@@ -277,6 +293,11 @@ def run_icc(repos, roots, source, fingerprint, held_out, out_dir, tokenizer, max
         c = clean()
         repos, record = without_files(repos, roots, c['icc_files']), {'decontamination': c['record']['decontamination']}
         print0(f"{objective}: {len(c['icc_files']):,} files that contain an evaluation function left out")
+    if file_fraction < 1:
+        n_all = sum(len(v) for v in repos.values())
+        repos = sample_files(repos, file_fraction, seed)
+        print0(f"{objective}: {sum(len(v) for v in repos.values()):,} of {n_all:,} files tokenised "
+               f"(icc_file_fraction={file_fraction})")
     flat, st = tokenise_corpus(repos, tokenizer, budget, num_proc)
     dt, n_tok = st['seconds'], st['tokens']
     print0(f"{objective}: {len(flat):,} repositories, {st['files']:,} files, {st['bytes'] / 1e6:,.1f} MB, {n_tok:,} tokens "

@@ -481,6 +481,8 @@ if __name__ == '__main__':
     val_fraction = 0.05  # ICC validation share (of bytes), split by repository
     shard_tokens = 64 * 2 ** 20  # tokens per shard file
     max_bytes = 0  # cap on the corpus bytes read (0 = all); repositories are dropped whole, in seeded order
+    icc_file_fraction = 1.0  # share of each repository's files made into ICC sequences (seeded; < 1 when the
+    # pre-training run reads a small part of the corpus: demo.sh)
     # fine-tuning and clone data
     heldout_fraction = 0.1  # share of functions (by repository) for valid, and again for test
     dedup_threshold = 0.7  # Jaccard threshold of near-duplicates (paper 5)
@@ -503,6 +505,8 @@ if __name__ == '__main__':
             raise ValueError(f"--task={task!r}: expected one of {', '.join(TASKS)}")
         if not 0 <= val_fraction < 1 or not 0 <= heldout_fraction < 0.5:
             raise ValueError("val_fraction must be in [0, 1) and heldout_fraction in [0, 0.5)")
+        if not 0 < icc_file_fraction <= 1:
+            raise ValueError(f"--icc_file_fraction={icc_file_fraction}: expected a share of the files in (0, 1]")
         if not languages or not set(languages.split(',')) <= set(LANGUAGES):
             raise ValueError(f"--languages={languages!r}: expected a comma-separated list of {', '.join(LANGUAGES)}")
         make_dir(out_dir)
@@ -546,7 +550,7 @@ if __name__ == '__main__':
             if task in ('all', 'icc', 'nsp'):
                 run_icc(repos, roots, source, fingerprint, {r for r, sp in split_of.items() if sp == 'test'}, out_dir,
                         tokenizer, max_len, snippet_len, val_fraction, seed, shard_tokens, max_bytes, num_proc, clean,
-                        clean_settings, objective='nsp' if task == 'nsp' else 'icc')
+                        clean_settings, objective='nsp' if task == 'nsp' else 'icc', file_fraction=icc_file_fraction)
             if task in ('all', 'retrieval', 'clone'):
                 build_finetune({'all': ('retrieval', 'clone')}.get(task, (task,)), source, fingerprint, split_of,
                                fn_languages, clean, clean_settings, out_dir, seed, heldout_fraction, dedup_threshold)

@@ -342,6 +342,43 @@ def test_icc_rerun_reuses_and_interrupted_run_is_cleaned(built, corpus):
         s for v in after['splits'].values() for s in v['shards'])
 
 
+def test_sample_files_keeps_a_share_of_every_repository():
+    repos = {'a': [f'a{i}' for i in range(10)], 'b': ['b0'], 'c': [f'c{i}' for i in range(7)]}
+    assert icc.sample_files(repos, 1.0, 0) is repos
+    got = icc.sample_files(repos, 0.3, 5)
+    assert {r: len(v) for r, v in got.items()} == {'a': 3, 'b': 1, 'c': 3}  # ceil(0.3 n): no repository lost
+    for r, v in got.items():
+        assert set(v) <= set(repos[r]) and v == sorted(v, key=repos[r].index)  # file order kept
+    assert got == icc.sample_files(repos, 0.3, 5) and any(
+        icc.sample_files(repos, 0.3, s) != got for s in range(6, 12))  # seeded: the same draw, another seed another
+
+
+def test_icc_file_fraction(built, corpus, tmp_path):
+    """--icc_file_fraction=0.5 tokenises about half of the files: fewer tokens, every repository
+    with a usable file still in the split, and a rerun at the full share rebuilds."""
+    out_full, _ = built
+    full = json.load(open(out_full / 'icc' / 'manifest.json'))
+    out = tmp_path / 'half'
+    rc, so, se = run_prepare(*build_args(corpus, out), '--task=icc', '--icc_file_fraction=0.5')
+    assert rc == 0, se
+    half = json.load(open(out / 'icc' / 'manifest.json'))
+    assert re.search(r'icc: \d+ of \d+ files tokenised \(icc_file_fraction=0.5\)', so)
+    assert half['settings']['file_fraction'] == 0.5 and 'file_fraction' not in full['settings']
+    assert 0.3 * full['stats']['files'] < half['stats']['files'] < 0.7 * full['stats']['files']
+    assert 0.2 * full['stats']['tokens'] < half['stats']['tokens'] < 0.8 * full['stats']['tokens']
+    assert half['stats']['repositories'] == full['stats']['repositories']
+    rc, so, se = run_prepare(*build_args(corpus, out), '--task=icc')
+    assert rc == 0 and 'reusing it' not in so
+    assert json.load(open(out / 'icc' / 'manifest.json'))['stats']['tokens'] == full['stats']['tokens']
+
+
+@pytest.mark.parametrize('value', ['0', '1.5', '-0.1'])
+def test_bad_icc_file_fraction(tmp_path, value):
+    rc, so, se = run_prepare(f'--input={tmp_path}', f'--out_dir={tmp_path / "out"}', f'--icc_file_fraction={value}')
+    assert rc == 1 and f'--icc_file_fraction={float(value)}: expected a share of the files in (0, 1]' in se
+    assert 'Traceback' not in se and not (tmp_path / 'out').exists()
+
+
 def test_nsp_end_to_end(built, corpus):
     """--task=nsp: <sep> a <sep> b <cls>, one pair a sequence, from the same snippets and splits as
     ICC; a label-1 pair decodes to text that follows on in one file, a label-0 pair to snippets of
