@@ -15,8 +15,10 @@ if [ "$CORPUS" = debian ] && ! command -v apt-get >/dev/null; then
     CORPUS=python
 fi
 case "$CORPUS" in
-    debian) INPUT=debian; DEFAULT_FT=400 ;;  # 53k text-code pairs: 400 steps are one epoch of them
-    python) INPUT=''; DEFAULT_FT=500 ;;      # 32k text-code pairs: 500 steps are two epochs
+    # ICC sequences from a share of each repository's files: on the Debian corpus a tenth (~45k training
+    # sequences, of which 1,000 steps of 16 read 16k; tokenising the rest would cost ~1.5 minutes)
+    debian) INPUT=debian; DEFAULT_FT=400; ICC_SHARE=0.1 ;;  # 53k text-code pairs: 400 steps are one epoch of them
+    python) INPUT=''; DEFAULT_FT=500; ICC_SHARE=1 ;;        # 32k text-code pairs: 500 steps are two epochs
     *) echo "error: CORPUS=$CORPUS: expected debian or python" >&2; exit 2 ;;
 esac
 PRETRAIN_STEPS=${PRETRAIN_STEPS:-1000}
@@ -41,9 +43,7 @@ fi
 echo "$CORPUS" > out/demo-corpus
 
 stage "prepare ($CORPUS): an 8k code BPE, ICC shards, retrieval pairs and clone pairs"
-# ICC sequences from a tenth of each repository's files (~45k training sequences on the Debian corpus):
-# 1,000 steps of 16 read 16k of them, and tokenising the other nine tenths would cost ~1.5 minutes
-$PY prepare.py --input="$INPUT" --max_len=256 --bpe_vocab=8192 --icc_file_fraction=0.1
+$PY prepare.py --input="$INPUT" --max_len=256 --bpe_vocab=8192 --icc_file_fraction=$ICC_SHARE
 
 stage "pre-train mose_tiny for $PRETRAIN_STEPS steps (self-distilled MLM + ICC at exits 1, 2, 4, 6, 8 of 8 layers)"
 if [ -f "out/pretrain/ckpt_$(printf %07d "$PRETRAIN_STEPS").pt" ]; then
